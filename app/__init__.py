@@ -1,0 +1,114 @@
+"""Keyward application factory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from config import load_config
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Keyward app.
+
+    ``config`` overrides the environment: its string values are read as environment variables
+    by the settings classes, and every key is then set on ``app.config`` as given (tests use it).
+    """
+    app = Flask(__name__, instance_relative_config=True)
+    overrides = dict(config or {})
+    environ = {**os.environ, **{k: v for k, v in overrides.items() if isinstance(v, str)}}
+    settings = load_config(environ, Path(app.instance_path))
+    app.config.from_object(settings)
+    app.config.update(overrides)
+
+    register_extensions(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    register_security_headers(app)
+    register_cli(app)
+    return app
+
+
+def register_extensions(app: Flask) -> None:
+    from app.celery import celery_init_app
+    from app.extensions import csrf
+    from app.extensions import db
+    from app.extensions import limiter
+    from app.extensions import login_manager
+    from app.extensions import migrate
+    from app.logging import configure_logging
+    from app.request_hooks import register_request_hooks
+    from app.session_interface import DatabaseSessionInterface
+
+    configure_logging(app.config["LOG_FORMAT"], app.config["LOG_LEVEL"])
+    if app.config["TRUSTED_PROXY_COUNT"]:
+        hops = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+
+    db.init_app(app)
+    _configure_sqlite(app)
+    migrate.init_app(app, db, directory=str(Path(__file__).parent.parent / "migrations"))
+    csrf.init_app(app)
+    limiter.init_app(app)
+    app.session_interface = DatabaseSessionInterface()
+
+    login_manager.init_app(app)
+    login_manager.session_protection = None  # the server-side session record is the truth
+    from app import auth_loader  # noqa: F401  (registers the Flask-Login callbacks)
+
+    celery_init_app(app)
+    register_request_hooks(app)
+
+
+def _configure_sqlite(app: Flask) -> None:
+    """Foreign keys on, WAL and a busy timeout: several gunicorn workers share the file."""
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        return
+    from sqlalchemy import event
+
+    from app.extensions import db
+
+    with app.app_context():
+        engine = db.engine
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - trivial
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+
+def register_blueprints(app: Flask) -> None:
+    from app.blueprints.account import bp as account_bp
+    from app.blueprints.admin import bp as admin_bp
+    from app.blueprints.auth import bp as auth_bp
+    from app.blueprints.home import bp as home_bp
+    from app.blueprints.ops import bp as ops_bp
+
+    for blueprint in (home_bp, auth_bp, account_bp, admin_bp, ops_bp):
+        app.register_blueprint(blueprint)
+
+
+def register_error_handlers(app: Flask) -> None:
+    from app.errors import register
+
+    register(app)
+
+
+def register_security_headers(app: Flask) -> None:
+    from app.security_headers import register
+
+    register(app)
+
+
+def register_cli(app: Flask) -> None:
+    from app.cli import register
+
+    register(app)

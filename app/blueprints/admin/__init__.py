@@ -1,0 +1,7 @@
+"""Account administration: /admin/accounts/<id> (members, audit log)."""
+
+from flask import Blueprint
+
+bp = Blueprint("admin", __name__, url_prefix="/admin/accounts/<int:account_id>")
+
+from app.blueprints.admin import routes  # noqa: E402,F401

@@ -1,0 +1,7 @@
+"""Sign-in and sign-out: /login, /login/<slug>, /logout."""
+
+from flask import Blueprint
+
+bp = Blueprint("auth", __name__)
+
+from app.blueprints.auth import routes  # noqa: E402,F401

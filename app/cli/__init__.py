@@ -1,0 +1,15 @@
+"""`flask --app wsgi ...` command groups, one module each."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register(app: Flask) -> None:
+    from app.cli.accounts import accounts_cli
+    from app.cli.audit import audit_cli
+    from app.cli.demo import seed_demo
+    from app.cli.users import users_cli
+
+    for command in (accounts_cli, users_cli, audit_cli, seed_demo):
+        app.cli.add_command(command)

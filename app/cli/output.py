@@ -1,0 +1,35 @@
+"""Shared CLI output: JSON on stdout, one-line errors on stderr with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from app.extensions import db
+from app.services.errors import ServiceError
+
+
+def emit(payload: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        click.echo(json.dumps(payload, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+def service_errors(command: Callable) -> Callable:
+    """Turn a ServiceError into ``Error: <message>`` on stderr and exit status 1; nothing is
+    committed."""
+
+    @wraps(command)
+    def wrapped(*args: Any, **kwargs: Any):
+        try:
+            return command(*args, **kwargs)
+        except ServiceError as error:
+            db.session.rollback()
+            raise click.ClickException(str(error).replace("\n", " ")) from None
+
+    return wrapped

@@ -1,0 +1,104 @@
+"""Record AuditEvents; the only writer of the audit trail."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import AuditEvent
+from app.models import User
+from app.models.base import utcnow
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    """Where an action came from: filled in by the web layer, empty for CLI and tasks."""
+
+    ip_address: str | None = None
+    request_id: str | None = None
+
+
+NO_REQUEST = RequestMeta()
+
+
+def record(
+    action: str,
+    *,
+    actor: User | None = None,
+    actor_label: str | None = None,
+    account_id: int | None = None,
+    target_type: str | None = None,
+    target_id: str | uuid.UUID | int | None = None,
+    details: dict[str, Any] | None = None,
+    meta: RequestMeta = NO_REQUEST,
+) -> AuditEvent:
+    """Add one AuditEvent to the session (flushed with the caller's transaction).
+
+    ``details`` must never hold a secret: callers pass identifiers and reasons only.
+    """
+    event = AuditEvent(
+        action=action,
+        actor_user_id=actor.id if actor is not None else None,
+        actor_label=actor.email if actor is not None else actor_label,
+        account_id=account_id,
+        target_type=target_type,
+        target_id=str(target_id) if target_id is not None else None,
+        ip_address=meta.ip_address,
+        request_id=meta.request_id,
+        details=details or {},
+    )
+    db.session.add(event)
+    return event
+
+
+def list_events(
+    *,
+    account_id: int | None = None,
+    action_prefix: str | None = None,
+    limit: int | None = 100,
+    offset: int = 0,
+) -> list[AuditEvent]:
+    """Audit events, newest first, optionally for one account and an action prefix."""
+    query = select(AuditEvent).order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
+    if account_id is not None:
+        query = query.where(AuditEvent.account_id == account_id)
+    if action_prefix:
+        # Prefix match on whole dotted segments or a partial one ("auth" and "auth.sign").
+        escaped = action_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(AuditEvent.action.like(escaped + "%", escape="\\"))
+    if offset:
+        query = query.offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(db.session.scalars(query))
+
+
+def purge_events_older_than(days: int, *, now: datetime | None = None) -> int:
+    """Delete audit events older than ``days``; returns how many were removed."""
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    result = db.session.execute(delete(AuditEvent).where(AuditEvent.occurred_at < cutoff))
+    return result.rowcount or 0
+
+
+def serialise(event: AuditEvent) -> dict[str, Any]:
+    """The JSON shape shared by `flask audit list --json` and the admin page."""
+    return {
+        "id": event.id,
+        "occurred_at": event.occurred_at.isoformat(),
+        "action": event.action,
+        "actor_user_id": str(event.actor_user_id) if event.actor_user_id else None,
+        "actor": event.actor_label,
+        "account_id": event.account_id,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "ip_address": event.ip_address,
+        "request_id": event.request_id,
+        "details": event.details or {},
+    }

@@ -1,0 +1,236 @@
+"""Server-side sessions: create, rotate at sign-in, expire, list and revoke.
+
+The cookie carries a random token; rows store its SHA-256. Every request reads the row, so a
+revocation written by any process takes effect on the next request everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import datetime
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import delete
+from sqlalchemy import or_
+from sqlalchemy import select
+from sqlalchemy import update
+
+from app.extensions import db
+from app.models import Session
+from app.models import User
+from app.models.base import utcnow
+from app.services import audit
+from app.services.errors import NotFound
+
+# last_seen_at is written at most this often per session: enough for idle timeouts measured
+# in minutes, without a database write on every request.
+TOUCH_INTERVAL = timedelta(seconds=60)
+# Revoked and expired rows are kept this long for the "Your sessions" history and forensics.
+RETENTION_AFTER_END = timedelta(days=7)
+
+
+def new_token() -> str:
+    """A 256-bit random session token (what the cookie carries)."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _seconds(name: str) -> timedelta:
+    return timedelta(seconds=current_app.config[name])
+
+
+def expiry_reason(record: Session, now: datetime) -> str | None:
+    """Why the session has timed out ("idle_timeout", "absolute_timeout"), or None."""
+    if record.user_id is None:
+        if now - record.last_seen_at > _seconds("ANONYMOUS_SESSION_TIMEOUT"):
+            return "idle_timeout"
+        return None
+    if now - record.last_seen_at > _seconds("SESSION_IDLE_TIMEOUT"):
+        return "idle_timeout"
+    started = record.authenticated_at or record.created_at
+    if now - started > _seconds("SESSION_ABSOLUTE_TIMEOUT"):
+        return "absolute_timeout"
+    return None
+
+
+def find_live_session(token: str, *, now: datetime | None = None) -> Session | None:
+    """The live session for a cookie token, or None.
+
+    A session found expired, or whose user is deactivated, is revoked on the spot.
+    """
+    if not token or len(token) > 128:
+        return None
+    now = now or utcnow()
+    record = db.session.scalar(
+        select(Session).where(Session.token_hash == hash_token(token), Session.revoked_at.is_(None))
+    )
+    if record is None:
+        return None
+    reason = expiry_reason(record, now)
+    if reason is None and record.user is not None and not record.user.active:
+        reason = "user_inactive"
+    if reason is not None:
+        record.revoked_at = now
+        record.revoked_reason = reason
+        return None
+    return record
+
+
+def create_session(
+    *,
+    data: dict[str, Any],
+    user: User | None = None,
+    auth_method: str | None = None,
+    ip_address: str | None = None,
+    user_agent: str | None = None,
+) -> tuple[Session, str]:
+    """Add a new session row; returns it with the token for the cookie."""
+    now = utcnow()
+    token = new_token()
+    record = Session(
+        token_hash=hash_token(token),
+        user_id=user.id if user is not None else None,
+        data=dict(data),
+        created_at=now,
+        last_seen_at=now,
+        authenticated_at=now if user is not None else None,
+        auth_method=auth_method,
+        ip_address=ip_address,
+        user_agent=(user_agent or "")[:512] or None,
+    )
+    db.session.add(record)
+    db.session.flush()
+    return record, token
+
+
+def start_authenticated_session(
+    previous: Session | None,
+    user: User,
+    *,
+    auth_method: str,
+    data: dict[str, Any],
+    ip_address: str | None,
+    user_agent: str | None,
+) -> tuple[Session, str]:
+    """Bind a sign-in to a brand-new session id (session fixation defence).
+
+    The previous row (anonymous or another user's) is revoked, never reused; its payload is
+    carried over by the caller as ``data``.
+    """
+    if previous is not None and previous.revoked_at is None:
+        previous.revoked_at = utcnow()
+        previous.revoked_reason = "rotated"
+    return create_session(
+        data=data,
+        user=user,
+        auth_method=auth_method,
+        ip_address=ip_address,
+        user_agent=user_agent,
+    )
+
+
+def touch(record: Session, *, now: datetime | None = None) -> bool:
+    """Move last_seen_at forward when it is older than TOUCH_INTERVAL; True if it changed."""
+    now = now or utcnow()
+    if now - record.last_seen_at >= TOUCH_INTERVAL:
+        record.last_seen_at = now
+        return True
+    return False
+
+
+def revoke(record: Session, reason: str) -> None:
+    if record.revoked_at is None:
+        record.revoked_at = utcnow()
+        record.revoked_reason = reason
+
+
+def revoke_user_sessions(user: User, *, reason: str, keep: uuid.UUID | None = None) -> int:
+    """End every live session of ``user`` except ``keep``, in one UPDATE; returns the count."""
+    query = (
+        update(Session)
+        .where(Session.user_id == user.id, Session.revoked_at.is_(None))
+        .values(revoked_at=utcnow(), revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    if keep is not None:
+        query = query.where(Session.id != keep)
+    return db.session.execute(query).rowcount or 0
+
+
+def list_live_sessions(user: User, *, now: datetime | None = None) -> list[Session]:
+    """The user's sessions that are neither revoked nor timed out, most recent first."""
+    now = now or utcnow()
+    rows = db.session.scalars(
+        select(Session)
+        .where(Session.user_id == user.id, Session.revoked_at.is_(None))
+        .order_by(Session.last_seen_at.desc())
+    )
+    return [row for row in rows if expiry_reason(row, now) is None]
+
+
+def end_session(
+    user: User,
+    session_id: uuid.UUID | str,
+    *,
+    meta: audit.RequestMeta,
+    reason: str = "ended_by_user",
+) -> Session:
+    """End one of the user's own sessions. Another user's id is NotFound (never revealed)."""
+    try:
+        key = session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id))
+    except ValueError:
+        raise NotFound("No such session.") from None
+    record = db.session.scalar(select(Session).where(Session.id == key, Session.user_id == user.id))
+    if record is None:
+        raise NotFound("No such session.")
+    revoke(record, reason)
+    audit.record(
+        "session.revoked",
+        actor=user,
+        target_type="session",
+        target_id=record.id,
+        details={"reason": reason},
+        meta=meta,
+    )
+    return record
+
+
+def end_other_sessions(user: User, current: Session, *, meta: audit.RequestMeta) -> int:
+    """End every session of the user except the current one; returns the count."""
+    ended = revoke_user_sessions(user, reason="ended_by_user", keep=current.id)
+    audit.record(
+        "session.revoked",
+        actor=user,
+        target_type="user",
+        target_id=user.id,
+        details={"reason": "ended_by_user", "scope": "others", "count": ended},
+        meta=meta,
+    )
+    return ended
+
+
+def purge_expired(*, now: datetime | None = None) -> int:
+    """Delete sessions that ended (or idled out) over RETENTION_AFTER_END ago; returns count."""
+    now = now or utcnow()
+    ended_before = now - RETENTION_AFTER_END
+    anonymous_idle = now - _seconds("ANONYMOUS_SESSION_TIMEOUT")
+    user_idle = now - _seconds("SESSION_IDLE_TIMEOUT") - RETENTION_AFTER_END
+    user_absolute = now - _seconds("SESSION_ABSOLUTE_TIMEOUT") - RETENTION_AFTER_END
+    result = db.session.execute(
+        delete(Session).where(
+            or_(
+                Session.revoked_at < ended_before,
+                (Session.user_id.is_(None)) & (Session.last_seen_at < anonymous_idle),
+                (Session.user_id.is_not(None)) & (Session.last_seen_at < user_idle),
+                (Session.user_id.is_not(None)) & (Session.created_at < user_absolute),
+            )
+        )
+    )
+    return result.rowcount or 0

@@ -1,0 +1,153 @@
+"""Flask session interface backed by the Session table: the cookie carries only a random id.
+
+Anonymous visitors get a row only once something is stored for them (a CSRF token, a flash,
+a ``next`` URL). Sign-in replaces the row with a new one under a new id (see sign_in()).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from flask import Request
+from flask import Response
+from flask import session as flask_session
+from flask.sessions import SessionInterface
+from flask.sessions import SessionMixin
+from werkzeug.datastructures import CallbackDict
+
+from app.extensions import db
+from app.models import Session
+from app.models import User
+from app.services import sessions
+
+
+class ServerSession(CallbackDict, SessionMixin):
+    """The dict a view sees as ``flask.session``, plus the row behind it."""
+
+    def __init__(self, initial: dict[str, Any] | None = None, record: Session | None = None):
+        def on_update(_self: ServerSession) -> None:
+            _self.modified = True
+
+        super().__init__(initial or {}, on_update)
+        self.record = record
+        self.modified = False
+        # Set by sign_in() (new cookie) and sign_out() (cookie removed).
+        self.new_token: str | None = None
+        self.ended = False
+        # True when the request presented a cookie that no longer maps to a live session.
+        self.stale_cookie = False
+
+    @property
+    def user_id(self):
+        record = self.record
+        if record is None or record.revoked_at is not None:
+            return None
+        return record.user_id
+
+
+class DatabaseSessionInterface(SessionInterface):
+    def open_session(self, app: Flask, request: Request) -> ServerSession:
+        token = request.cookies.get(app.config["SESSION_COOKIE_NAME"])
+        if not token:
+            return ServerSession()
+        record = sessions.find_live_session(token)
+        if record is None:
+            session = ServerSession()
+            session.stale_cookie = True
+            # find_live_session may have marked the row expired: keep that fact.
+            db.session.commit()
+            return session
+        return ServerSession(dict(record.data or {}), record)
+
+    def save_session(self, app: Flask, session: ServerSession, response: Response) -> None:
+        name = self.get_cookie_name(app)
+        cookie = {
+            "domain": self.get_cookie_domain(app),
+            "path": self.get_cookie_path(app),
+            "secure": self.get_cookie_secure(app),
+            "httponly": True,
+            "samesite": self.get_cookie_samesite(app),
+        }
+        response.vary.add("Cookie")
+        record = session.record
+        changed = False
+        if record is None:
+            if not session:
+                if session.ended:
+                    db.session.commit()
+                if session.ended or session.stale_cookie:
+                    response.delete_cookie(name, **cookie)
+                return
+            # Anonymous data to keep (including a flash after sign-out): a fresh row and id.
+            record, session.new_token = sessions.create_session(
+                data=dict(session),
+                ip_address=_client_ip(),
+                user_agent=_user_agent(),
+            )
+            session.record = record
+            changed = True
+        elif session.modified or session.new_token:
+            record.data = dict(session)
+            changed = True
+        changed = sessions.touch(record) or changed
+        if changed:
+            db.session.commit()
+        if session.new_token:
+            # No Max-Age: the cookie dies with the browser; the server enforces the timeouts.
+            response.set_cookie(name, session.new_token, **cookie)
+
+
+def _client_ip() -> str | None:
+    from flask import request
+
+    return request.remote_addr
+
+
+def _user_agent() -> str | None:
+    from flask import request
+
+    return request.headers.get("User-Agent")
+
+
+def current_record() -> Session | None:
+    """The live session row behind this request, if any."""
+    session = flask_session
+    if isinstance(session, ServerSession):
+        return session.record
+    return None
+
+
+def sign_in(user: User, *, auth_method: str) -> Session:
+    """Bind the request's browser to ``user`` under a brand-new session id.
+
+    The payload of the anonymous session (``next``, flow state) is carried over; the CSRF
+    token is not, so a token seen before sign-in is useless after it.
+    """
+    session: ServerSession = flask_session  # type: ignore[assignment]
+    data = {key: value for key, value in session.items() if key != "csrf_token"}
+    record, token = sessions.start_authenticated_session(
+        session.record,
+        user,
+        auth_method=auth_method,
+        data=data,
+        ip_address=_client_ip(),
+        user_agent=_user_agent(),
+    )
+    session.clear()
+    session.update(data)
+    session.record = record
+    session.new_token = token
+    return record
+
+
+def sign_out(reason: str = "signed_out") -> None:
+    """End the request's session; the response deletes the cookie (or, when something is
+    stored afterwards such as a flash, replaces it with a fresh anonymous session)."""
+    session: ServerSession = flask_session  # type: ignore[assignment]
+    if session.record is not None:
+        sessions.revoke(session.record, reason)
+    session.clear()
+    session.record = None
+    session.new_token = None
+    session.ended = True

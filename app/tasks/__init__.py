@@ -1,0 +1,1 @@
+"""Celery entry points: thin wrappers over services, arguments are ids and primitives."""

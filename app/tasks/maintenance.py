@@ -1,0 +1,26 @@
+"""Periodic housekeeping: expired sessions and old audit events."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from flask import current_app
+
+from app.extensions import db
+from app.services import audit
+from app.services import sessions
+
+
+@shared_task(name="maintenance.purge_expired_sessions")
+def purge_expired_sessions() -> int:
+    """Delete sessions that ended or timed out a while ago; returns how many. Safe to retry."""
+    removed = sessions.purge_expired()
+    db.session.commit()
+    return removed
+
+
+@shared_task(name="maintenance.purge_old_audit_events")
+def purge_old_audit_events() -> int:
+    """Delete audit events older than AUDIT_RETENTION_DAYS; returns how many. Safe to retry."""
+    removed = audit.purge_events_older_than(current_app.config["AUDIT_RETENTION_DAYS"])
+    db.session.commit()
+    return removed

@@ -1,0 +1,213 @@
+"""Keyward settings: every value comes from the environment, with a documented default."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a runnable Keyward (names what is missing)."""
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from exc
+
+
+def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def database_uri(url: str) -> str:
+    """Map a plain ``postgresql://`` or ``sqlite:///`` URL to the driver Keyward ships with."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _instance_secret(instance_path: Path, filename: str, make) -> str:
+    """Read a generated secret from ``instance/``, creating it (mode 0600) on first use."""
+    path = instance_path / filename
+    if path.exists():
+        return path.read_text().strip()
+    instance_path.mkdir(parents=True, exist_ok=True)
+    value = make()
+    # O_EXCL: two processes starting together must not each write a different key.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+class BaseConfig:
+    """Settings shared by every mode. Attributes in CAPITALS become ``app.config`` keys."""
+
+    KEYWARD_ENV = "base"
+
+    def __init__(self, environ: Mapping[str, str], instance_path: Path) -> None:
+        self.environ = environ
+        self.instance_path = instance_path
+
+        #: Signs the CSRF tokens. Sessions are server-side, so it never guards session content.
+        self.SECRET_KEY = environ.get("SECRET_KEY") or None
+        #: Database URL (``postgresql://`` or ``sqlite:///``); overrides the embedded file.
+        self.DATABASE_URL = environ.get("DATABASE_URL") or None
+        #: Redis URL: Celery broker, rate-limit storage and shared cache. Unset: in-process.
+        self.REDIS_URL = environ.get("REDIS_URL") or None
+        #: The externally visible base URL; callbacks are built from it, never from Host.
+        self.PUBLIC_URL = (environ.get("PUBLIC_URL") or "").rstrip("/") or None
+        #: Comma-separated Fernet keys, newest first, for secrets at rest.
+        self.ENCRYPTION_KEYS = environ.get("ENCRYPTION_KEYS") or None
+        #: ``text`` or ``json``: one log line per event on stderr, with the request id.
+        self.LOG_FORMAT = (environ.get("LOG_FORMAT") or "text").lower()
+        #: Log level name (``INFO`` by default).
+        self.LOG_LEVEL = (environ.get("LOG_LEVEL") or "INFO").upper()
+
+        #: Seconds a session may stay unused before it ends (Keycloak's "SSO Session Idle").
+        self.SESSION_IDLE_TIMEOUT = _int(environ, "SESSION_IDLE_TIMEOUT", 30 * 60)
+        #: Seconds after sign-in when a session ends however active it is.
+        self.SESSION_ABSOLUTE_TIMEOUT = _int(environ, "SESSION_ABSOLUTE_TIMEOUT", 10 * 60 * 60)
+        #: Seconds an anonymous session (CSRF token, ``next``) is kept without use.
+        self.ANONYMOUS_SESSION_TIMEOUT = _int(environ, "ANONYMOUS_SESSION_TIMEOUT", 60 * 60)
+        #: Name of the cookie that carries the random session id.
+        self.SESSION_COOKIE_NAME = environ.get("SESSION_COOKIE_NAME") or "keyward_session"
+        #: Mark cookies ``Secure``; defaults to on when ``PUBLIC_URL`` is https.
+        self.SESSION_COOKIE_SECURE = _bool(
+            environ, "SESSION_COOKIE_SECURE", (self.PUBLIC_URL or "").startswith("https://")
+        )
+        self.SESSION_COOKIE_HTTPONLY = True
+        self.SESSION_COOKIE_SAMESITE = "Lax"
+
+        #: Password sign-in attempts allowed per client IP (``limits`` syntax).
+        self.LOGIN_RATE_LIMIT = environ.get("LOGIN_RATE_LIMIT") or "10/minute"
+        #: Failed password sign-ins allowed per email address, whatever the client IP.
+        self.LOGIN_EMAIL_RATE_LIMIT = environ.get("LOGIN_EMAIL_RATE_LIMIT") or "20/hour"
+        #: Number of reverse proxies in front of Keyward whose X-Forwarded-* headers are trusted.
+        self.TRUSTED_PROXY_COUNT = _int(environ, "TRUSTED_PROXY_COUNT", 0)
+
+        #: Shortest password accepted (NIST SP 800-63B asks for at least 8; we ask for 12).
+        self.PASSWORD_MIN_LENGTH = _int(environ, "PASSWORD_MIN_LENGTH", 12)
+        #: argon2id cost. Defaults are OWASP's first recommendation: m=19 MiB, t=2, p=1.
+        self.ARGON2_MEMORY_COST = _int(environ, "ARGON2_MEMORY_COST", 19 * 1024)
+        self.ARGON2_TIME_COST = _int(environ, "ARGON2_TIME_COST", 2)
+        self.ARGON2_PARALLELISM = _int(environ, "ARGON2_PARALLELISM", 1)
+
+        #: Days audit events are kept before the retention task removes them.
+        self.AUDIT_RETENTION_DAYS = _int(environ, "AUDIT_RETENTION_DAYS", 365)
+
+    # Derived values: computed after the mode-specific defaults are in place.
+    def finalise(self) -> None:
+        self.SQLALCHEMY_DATABASE_URI = database_uri(self.DATABASE_URL or "")
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        self.SQLALCHEMY_TRACK_MODIFICATIONS = False
+        # Flask-WTF: the token lives in the server-side session; tie its lifetime to it.
+        self.WTF_CSRF_TIME_LIMIT = None
+        self.RATELIMIT_STORAGE_URI = self.REDIS_URL or "memory://"
+        self.RATELIMIT_HEADERS_ENABLED = True
+        self.RATELIMIT_STRATEGY = "fixed-window"
+        # A Redis outage must not lock everyone out of password sign-in; the limiter then
+        # falls back to per-process memory and says so in the log.
+        self.RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+        self.RATELIMIT_KEY_PREFIX = "keyward-rl"
+        self.CELERY = {
+            "broker_url": self.REDIS_URL or "memory://",
+            "result_backend": self.REDIS_URL or None,
+            # Without Redis there is no worker: tasks run in the calling process.
+            "task_always_eager": not self.REDIS_URL,
+            "task_eager_propagates": True,
+            "task_serializer": "json",
+            "result_serializer": "json",
+            "accept_content": ["json"],
+            "task_ignore_result": False,
+            "broker_connection_retry_on_startup": True,
+            "imports": ("app.tasks.maintenance",),
+            "beat_schedule": {
+                "purge-expired-sessions": {
+                    "task": "maintenance.purge_expired_sessions",
+                    "schedule": 15 * 60.0,
+                },
+                "purge-old-audit-events": {
+                    "task": "maintenance.purge_old_audit_events",
+                    "schedule": 24 * 60 * 60.0,
+                },
+            },
+        }
+
+
+class EmbeddedConfig(BaseConfig):
+    """The newcomer's default: SQLite under ``instance/``, no Redis, generated secrets."""
+
+    KEYWARD_ENV = "embedded"
+
+    def __init__(self, environ: Mapping[str, str], instance_path: Path) -> None:
+        super().__init__(environ, instance_path)
+        if not self.SECRET_KEY:
+            self.SECRET_KEY = _instance_secret(
+                instance_path, "secret_key", lambda: secrets.token_urlsafe(48)
+            )
+        if not self.ENCRYPTION_KEYS:
+            self.ENCRYPTION_KEYS = _instance_secret(
+                instance_path, "encryption_key", lambda: Fernet.generate_key().decode()
+            )
+        if not self.DATABASE_URL:
+            self.DATABASE_URL = f"sqlite:///{instance_path / 'keyward.db'}"
+        if not self.PUBLIC_URL:
+            self.PUBLIC_URL = "http://127.0.0.1:5000"
+        self.finalise()
+
+
+class TestingConfig(BaseConfig):
+    """The test suite: cheap hashing, throwaway secrets, eager tasks unless Redis is given."""
+
+    KEYWARD_ENV = "testing"
+
+    def __init__(self, environ: Mapping[str, str], instance_path: Path) -> None:
+        super().__init__(environ, instance_path)
+        self.TESTING = True
+        self.SECRET_KEY = self.SECRET_KEY or secrets.token_urlsafe(32)
+        self.ENCRYPTION_KEYS = self.ENCRYPTION_KEYS or Fernet.generate_key().decode()
+        self.DATABASE_URL = self.DATABASE_URL or "sqlite://"
+        self.PUBLIC_URL = self.PUBLIC_URL or "http://localhost"
+        # Flask-Security's FastHash idea: a valid argon2id hash at the smallest cost, so the
+        # real code path runs without making the suite slow.
+        self.ARGON2_MEMORY_COST = _int(environ, "ARGON2_MEMORY_COST", 64)
+        self.ARGON2_TIME_COST = _int(environ, "ARGON2_TIME_COST", 1)
+        self.finalise()
+
+
+class ProductionConfig(BaseConfig):
+    """Several web processes and workers on PostgreSQL and Redis; refuses to guess secrets."""
+
+    KEYWARD_ENV = "production"
+    REQUIRED = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ENCRYPTION_KEYS")
+
+    def __init__(self, environ: Mapping[str, str], instance_path: Path) -> None:
+        super().__init__(environ, instance_path)
+        missing = [name for name in self.REQUIRED if not getattr(self, name)]
+        if missing:
+            raise ConfigError("production needs these environment variables: " + ", ".join(missing))
+        self.finalise()
+
+
+CONFIG_CLASSES = {
+    "embedded": EmbeddedConfig,
+    "testing": TestingConfig,
+    "production": ProductionConfig,
+}
