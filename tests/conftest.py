@@ -1,0 +1,215 @@
+"""Shared fixtures: an app per test on a migrated database, a client, sign-in helpers.
+
+The database is SQLite by default. With TEST_DATABASE_URL (and TEST_REDIS_URL) the same
+suite runs on PostgreSQL and Redis; those services must then answer, or the run fails.
+Every test starts with empty tables (rows are deleted after each test), so tests can use
+several app instances, a gunicorn server and a Celery worker against one database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+import redis as redis_lib
+from flask import Flask
+from flask.testing import FlaskClient
+from flask_migrate import upgrade
+from sqlalchemy import create_engine
+from sqlalchemy import text
+
+from app import create_app
+from app.extensions import db
+from app.extensions import limiter
+from config.settings import database_uri
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or None
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL") or None
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+DEFAULT_PASSWORD = "correct horse battery staple"
+CSRF_PATTERN = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def pytest_report_header(config) -> str:
+    return (
+        f"keyward database: {'PostgreSQL' if TEST_DATABASE_URL else 'SQLite'}; "
+        f"redis: {'yes' if TEST_REDIS_URL else 'no (in-process)'}; CI: {IN_CI}"
+    )
+
+
+# --- no network --------------------------------------------------------------------------
+# Tests may talk to loopback services only (PostgreSQL, Redis, servers they start).
+_real_connect = socket.socket.connect
+
+
+def _loopback_only_connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
+            raise OSError(f"tests may not reach {host}: only loopback is allowed")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _block_network() -> Iterator[None]:
+    socket.socket.connect = _loopback_only_connect  # type: ignore[method-assign]
+    yield
+    socket.socket.connect = _real_connect  # type: ignore[method-assign]
+
+
+# --- database ----------------------------------------------------------------------------
+def _require_services() -> None:
+    """Fail the whole run (never skip) when a configured service does not answer."""
+    if TEST_DATABASE_URL:
+        engine = create_engine(database_uri(TEST_DATABASE_URL))
+        try:
+            with engine.begin() as conn:
+                # A clean schema: the migrations build everything from nothing.
+                conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+                conn.execute(text("CREATE SCHEMA public"))
+        except Exception as exc:
+            pytest.exit(f"TEST_DATABASE_URL is set but PostgreSQL does not answer: {exc}", 3)
+        finally:
+            engine.dispose()
+    if TEST_REDIS_URL:
+        try:
+            client = redis_lib.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=3)
+            client.flushdb()
+            client.close()
+        except Exception as exc:
+            pytest.exit(f"TEST_REDIS_URL is set but Redis does not answer: {exc}", 3)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory) -> str:
+    """A database built by the Alembic migrations (so the migrations are tested too)."""
+    _require_services()
+    url = TEST_DATABASE_URL or f"sqlite:///{tmp_path_factory.mktemp('db') / 'keyward.db'}"
+    app = create_app(base_config(url))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    return url
+
+
+def base_config(database_url: str, **extra: str) -> dict:
+    """Settings of a test app (strings are read as environment variables)."""
+    config = {
+        "KEYWARD_ENV": "testing",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": TEST_REDIS_URL or "",
+        "PUBLIC_URL": "http://localhost",
+    }
+    config.update(extra)
+    return config
+
+
+@pytest.fixture
+def config(database_url) -> dict:
+    """Overridable per test module: return a dict with changes from base_config."""
+    return base_config(database_url)
+
+
+def _empty_tables(app: Flask) -> None:
+    with app.app_context():
+        with db.engine.begin() as conn:
+            for table in reversed(db.metadata.sorted_tables):
+                conn.execute(table.delete())
+        db.engine.dispose()
+
+
+@pytest.fixture
+def app(config) -> Iterator[Flask]:
+    app = create_app(config)
+    with app.app_context():
+        limiter.reset()
+    yield app
+    _empty_tables(app)
+
+
+@pytest.fixture
+def client(app) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+# --- data helpers ------------------------------------------------------------------------
+@pytest.fixture
+def make_account(app):
+    from app.services import accounts
+
+    def _make(name: str = "Acme", slug: str | None = None) -> SimpleNamespace:
+        with app.app_context():
+            account = accounts.create_account(name, slug)
+            db.session.commit()
+            return SimpleNamespace(id=account.id, name=account.name, slug=account.slug)
+
+    return _make
+
+
+@pytest.fixture
+def make_user(app):
+    from app.models import Role
+    from app.services import accounts
+    from app.services import users
+
+    def _make(
+        email: str = "user@example.com",
+        password: str | None = DEFAULT_PASSWORD,
+        *,
+        account_id: int | None = None,
+        role: str = "member",
+    ) -> SimpleNamespace:
+        with app.app_context():
+            user = users.create_user(email, password)
+            if account_id is not None:
+                accounts.add_member(accounts.get_account(account_id), user, Role(role))
+            db.session.commit()
+            return SimpleNamespace(id=user.id, email=user.email, password=password)
+
+    return _make
+
+
+def csrf_token_from(html: str) -> str:
+    match = CSRF_PATTERN.search(html)
+    assert match, "the page has no CSRF token"
+    return match.group(1)
+
+
+class AuthActions:
+    """Sign in and out through the real pages (CSRF on), like a browser."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    def token(self, path: str = "/login") -> str:
+        response = self.client.get(path)
+        assert response.status_code == 200, (path, response.status_code)
+        return csrf_token_from(response.text)
+
+    def login(self, email: str, password: str = DEFAULT_PASSWORD, next: str | None = None):
+        data = {"email": email, "password": password, "csrf_token": self.token()}
+        if next is not None:
+            data["next"] = next
+        return self.client.post("/login", data=data)
+
+    def logout(self):
+        return self.client.post("/logout", data={"csrf_token": self.token("/account")})
+
+    def post(self, path: str, data: dict | None = None, token_from: str = "/account"):
+        payload = {"csrf_token": self.token(token_from), **(data or {})}
+        return self.client.post(path, data=payload)
+
+
+@pytest.fixture
+def auth(client) -> AuthActions:
+    return AuthActions(client)
