@@ -17,14 +17,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the Keyward app.
 
     ``config`` overrides the environment: its string values are read as environment variables
-    by the settings classes, and every key is then set on ``app.config`` as given (tests use it).
+    by the settings classes (so they are parsed and validated like real ones); other values
+    are set on ``app.config`` as given (tests use both).
     """
     app = Flask(__name__, instance_relative_config=True)
     overrides = dict(config or {})
     environ = {**os.environ, **{k: v for k, v in overrides.items() if isinstance(v, str)}}
     settings = load_config(environ, Path(app.instance_path))
     app.config.from_object(settings)
-    app.config.update(overrides)
+    app.config.update({k: v for k, v in overrides.items() if not isinstance(v, str)})
 
     register_extensions(app)
     register_blueprints(app)

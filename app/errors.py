@@ -67,7 +67,8 @@ def register(app: Flask) -> None:
             db.session.rollback()
         # A description given to abort() is written for users; werkzeug's own defaults are
         # replaced by the short messages above.
-        custom = error.description != type(error).description
+        # Flask-Limiter's 429 describes the limit itself ("3 per 1 minute"): not for users.
+        custom = status != 429 and error.description != type(error).description
         response = app.make_response(render_error(status, error.description if custom else None))
         allowed = getattr(error, "valid_methods", None)
         if status == 405 and allowed:

@@ -1,7 +1,6 @@
 """Alembic environment for Flask-Migrate: the app's engine and models' metadata."""
 
 import logging
-from logging.config import fileConfig
 
 from alembic import context
 from flask import current_app
@@ -10,10 +9,8 @@ from app.models.base import UTCDateTime
 
 config = context.config
 
-# disable_existing_loggers=False: `flask db upgrade` run inside a live process (tests, the
-# embedded start-up) must not silence the app's own loggers.
-if config.config_file_name is not None:
-    fileConfig(config.config_file_name, disable_existing_loggers=False)
+# No fileConfig(alembic.ini): the app has already set up logging (one stderr handler with
+# request ids), and fileConfig would replace it — also inside tests that migrate in-process.
 logger = logging.getLogger("alembic.env")
 
 target_db = current_app.extensions["migrate"].db

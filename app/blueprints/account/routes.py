@@ -47,7 +47,9 @@ def password():
             meta=request_meta(),
         )
     except ValidationError as error:
-        getattr(form, error.field or "new_password").errors.append(error.message)
+        # The strength rules name the field "password"; on this form it is the new one.
+        field = "current_password" if error.field == "current_password" else "new_password"
+        getattr(form, field).errors.append(error.message)
         db.session.rollback()
         return render_template("account/password.html", form=form), 400
     # A new session id too: whoever held a copy of the old cookie is out.
