@@ -99,6 +99,8 @@ class BaseConfig:
         self.LOGIN_RATE_LIMIT = environ.get("LOGIN_RATE_LIMIT") or "10/minute"
         #: Failed password sign-ins allowed per email address, whatever the client IP.
         self.LOGIN_EMAIL_RATE_LIMIT = environ.get("LOGIN_EMAIL_RATE_LIMIT") or "20/hour"
+        #: Prefix of rate-limit counters in Redis, so several deployments can share one Redis.
+        self.RATELIMIT_KEY_PREFIX = environ.get("RATELIMIT_KEY_PREFIX") or "keyward-rl"
         #: Number of reverse proxies in front of Keyward whose X-Forwarded-* headers are trusted.
         self.TRUSTED_PROXY_COUNT = _int(environ, "TRUSTED_PROXY_COUNT", 0)
 
@@ -125,7 +127,6 @@ class BaseConfig:
         # A Redis outage must not lock everyone out of password sign-in; the limiter then
         # falls back to per-process memory and says so in the log.
         self.RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
-        self.RATELIMIT_KEY_PREFIX = "keyward-rl"
         self.CELERY = {
             "broker_url": self.REDIS_URL or "memory://",
             "result_backend": self.REDIS_URL or None,

@@ -21,6 +21,7 @@ from flask.testing import FlaskClient
 from flask_migrate import upgrade
 from sqlalchemy import create_engine
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from app import create_app
 from app.extensions import db
@@ -63,38 +64,49 @@ def _block_network() -> Iterator[None]:
 
 
 # --- database ----------------------------------------------------------------------------
-def _require_services() -> None:
-    """Fail the whole run (never skip) when a configured service does not answer."""
-    if TEST_DATABASE_URL:
-        engine = create_engine(database_uri(TEST_DATABASE_URL))
-        try:
-            with engine.begin() as conn:
-                # A clean schema: the migrations build everything from nothing.
-                conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-                conn.execute(text("CREATE SCHEMA public"))
-        except Exception as exc:
-            pytest.exit(f"TEST_DATABASE_URL is set but PostgreSQL does not answer: {exc}", 3)
-        finally:
-            engine.dispose()
+def _require_redis() -> None:
+    """Fail the whole run (never skip) when TEST_REDIS_URL is set but Redis does not answer."""
     if TEST_REDIS_URL:
         try:
             client = redis_lib.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=3)
-            client.flushdb()
+            client.ping()
             client.close()
         except Exception as exc:
             pytest.exit(f"TEST_REDIS_URL is set but Redis does not answer: {exc}", 3)
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory) -> str:
-    """A database built by the Alembic migrations (so the migrations are tested too)."""
-    _require_services()
-    url = TEST_DATABASE_URL or f"sqlite:///{tmp_path_factory.mktemp('db') / 'keyward.db'}"
+def database_url(tmp_path_factory) -> Iterator[str]:
+    """A database built by the Alembic migrations (so the migrations are tested too).
+
+    On PostgreSQL each run gets its own database, created next to TEST_DATABASE_URL's and
+    dropped at the end, so two runs on one machine never share tables.
+    """
+    _require_redis()
+    if TEST_DATABASE_URL:
+        server = make_url(database_uri(TEST_DATABASE_URL))
+        name = f"keyward_test_{os.getpid()}"
+        admin = create_engine(server, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:
+            admin.dispose()
+            pytest.exit(f"TEST_DATABASE_URL is set but PostgreSQL does not answer: {exc}", 3)
+        url = server.set(database=name).render_as_string(hide_password=False)
+    else:
+        admin = None
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'keyward.db'}"
     app = create_app(base_config(url))
     with app.app_context():
         upgrade()
         db.engine.dispose()
-    return url
+    yield url
+    if admin is not None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def base_config(database_url: str, **extra: str) -> dict:
@@ -127,9 +139,25 @@ def _empty_tables(app: Flask) -> None:
 def app(config) -> Iterator[Flask]:
     app = create_app(config)
     with app.app_context():
-        limiter.reset()
+        limiter.reset()  # fresh rate-limit counters (memory or Redis) for every test
     yield app
     _empty_tables(app)
+
+
+@pytest.fixture
+def make_app(config) -> Iterator:
+    """More app instances on the test database (another web process); closed at the end."""
+    made: list[Flask] = []
+
+    def _make(**changes: str) -> Flask:
+        app = create_app({**config, **changes})
+        made.append(app)
+        return app
+
+    yield _make
+    for app in made:
+        with app.app_context():
+            db.engine.dispose()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import stat
 import pytest
 from cryptography.fernet import Fernet
 
-from app import create_app
 from config import ConfigError
 from config import load_config
 from config.settings import database_uri
@@ -80,6 +79,6 @@ def test_database_uri_picks_the_driver():
     assert database_uri("sqlite:///x.db") == "sqlite:///x.db"
 
 
-def test_tasks_run_eagerly_without_redis(database_url):
-    app = create_app({"KEYWARD_ENV": "testing", "DATABASE_URL": database_url, "REDIS_URL": ""})
+def test_tasks_run_eagerly_without_redis(make_app):
+    app = make_app(REDIS_URL="")
     assert app.extensions["celery"].conf.task_always_eager is True

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import base_config
-
 
 @pytest.mark.parametrize("path", ["/login", "/healthz", "/no-such-page", "/static/keyward.css"])
 def test_every_response_carries_the_security_headers(client, path):
@@ -35,10 +33,8 @@ def test_session_cookie_is_httponly_and_samesite_lax(client):
     assert "Expires" not in set_cookie and "Max-Age" not in set_cookie
 
 
-def test_cookie_is_secure_and_hsts_sent_under_https(database_url):
-    from app import create_app
-
-    app = create_app(base_config(database_url, PUBLIC_URL="https://sso.example.com"))
+def test_cookie_is_secure_and_hsts_sent_under_https(make_app):
+    app = make_app(PUBLIC_URL="https://sso.example.com")
     response = app.test_client().get("/login")
     assert "Secure" in response.headers["Set-Cookie"]
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")

@@ -11,7 +11,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from app import create_app
 from app.extensions import db
 from app.models import Session
 from app.services import users
@@ -75,9 +74,9 @@ def test_signing_in_again_rotates_again(app, client, auth, make_user):
     assert session_row(app, first).revoked_at is not None
 
 
-def test_revocation_on_one_app_instance_takes_effect_on_another(config, make_user):
+def test_revocation_on_one_app_instance_takes_effect_on_another(make_app, make_user):
     # Two web processes sharing one database: web_a and web_b.
-    web_a, web_b = create_app(config), create_app(config)
+    web_a, web_b = make_app(), make_app()
     user = make_user()
     laptop, phone = web_a.test_client(), web_b.test_client()
     AuthActions(laptop).login(user.email)
@@ -97,9 +96,6 @@ def test_revocation_on_one_app_instance_takes_effect_on_another(config, make_use
     assert laptop.get("/whoami").json == {"authenticated": False}
     assert laptop.get("/account").status_code == 303
     assert phone.get("/whoami").json["authenticated"] is True
-    for web in (web_a, web_b):
-        with web.app_context():
-            db.engine.dispose()
 
 
 def test_idle_timeout_ends_the_session(app, client, auth, make_user):

@@ -6,9 +6,6 @@ import socket
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import create_app
-from tests.conftest import base_config
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -24,18 +21,16 @@ def test_readyz_is_200_when_the_database_answers(client, app):
         assert response.json["checks"]["redis"] == {"ok": True}
 
 
-def test_readyz_is_503_when_redis_is_down(database_url):
-    dead_redis = f"redis://127.0.0.1:{_free_port()}/0"
-    app = create_app(base_config(database_url, REDIS_URL=dead_redis))
+def test_readyz_is_503_when_redis_is_down(make_app):
+    app = make_app(REDIS_URL=f"redis://127.0.0.1:{_free_port()}/0")
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.json["checks"]["redis"] == {"ok": False}
     assert "127.0.0.1" not in response.text
 
 
-def test_readyz_is_503_when_the_database_is_down():
-    unreachable = f"postgresql://127.0.0.1:{_free_port()}/nothing"
-    app = create_app(base_config(unreachable))
+def test_readyz_is_503_when_the_database_is_down(make_app):
+    app = make_app(DATABASE_URL=f"postgresql://127.0.0.1:{_free_port()}/nothing")
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.json["status"] == "unavailable"
