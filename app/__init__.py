@@ -51,6 +51,8 @@ def register_extensions(app: Flask) -> None:
         hops = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
 
+    # First, so that requests refused by CSRF or the rate limiter also get a request id.
+    register_request_hooks(app)
     db.init_app(app)
     _configure_sqlite(app)
     migrate.init_app(app, db, directory=str(Path(__file__).parent.parent / "migrations"))
@@ -63,7 +65,6 @@ def register_extensions(app: Flask) -> None:
     from app import auth_loader  # noqa: F401  (registers the Flask-Login callbacks)
 
     celery_init_app(app)
-    register_request_hooks(app)
 
 
 def _configure_sqlite(app: Flask) -> None:

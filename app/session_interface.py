@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 from flask import Request
 from flask import Response
+from flask import request
 from flask import session as flask_session
 from flask.sessions import SessionInterface
 from flask.sessions import SessionMixin
@@ -99,14 +100,10 @@ class DatabaseSessionInterface(SessionInterface):
 
 
 def _client_ip() -> str | None:
-    from flask import request
-
     return request.remote_addr
 
 
 def _user_agent() -> str | None:
-    from flask import request
-
     return request.headers.get("User-Agent")
 
 

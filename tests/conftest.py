@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
 from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 import redis as redis_lib
+from cryptography.fernet import Fernet
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
@@ -33,6 +35,12 @@ TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL") or None
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 DEFAULT_PASSWORD = "correct horse battery staple"
+
+# One SECRET_KEY and ENCRYPTION_KEYS for the whole run, inherited by the gunicorn and Celery
+# processes the tests start: they must accept each other's CSRF tokens and read each other's
+# encrypted secrets (the testing settings would otherwise draw new ones in every process).
+os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(32))
+os.environ.setdefault("ENCRYPTION_KEYS", Fernet.generate_key().decode())
 CSRF_PATTERN = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 
 

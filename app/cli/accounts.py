@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import click
-from flask.cli import AppGroup
 from sqlalchemy import select
 
+from app.cli.output import KeywardGroup
 from app.cli.output import emit
 from app.cli.output import service_errors
 from app.extensions import db
 from app.models import Account
 from app.services import accounts
 
-accounts_cli = AppGroup("accounts", help="Manage accounts (organisations).")
+accounts_cli = KeywardGroup("accounts", help="Manage accounts (organisations).")
 
 
 @accounts_cli.command("create")

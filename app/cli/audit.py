@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import click
-from flask.cli import AppGroup
 
+from app.cli.output import KeywardGroup
 from app.cli.output import emit
 from app.services import audit
 
-audit_cli = AppGroup("audit", help="Read the audit log.")
+audit_cli = KeywardGroup("audit", help="Read the audit log.")
 
 
 @audit_cli.command("list")

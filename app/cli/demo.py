@@ -5,8 +5,10 @@ from __future__ import annotations
 import secrets
 
 import click
+from flask.cli import with_appcontext
 from sqlalchemy import select
 
+from app.cli.output import OneLineUsageCommand
 from app.cli.output import emit
 from app.cli.output import service_errors
 from app.extensions import db
@@ -25,7 +27,8 @@ def _demo_password() -> str:
     return "demo-" + secrets.token_urlsafe(12)
 
 
-@click.command("seed-demo")
+@click.command("seed-demo", cls=OneLineUsageCommand)
+@with_appcontext
 @click.option("--json", "as_json", is_flag=True, help="Print what was created as JSON.")
 @service_errors
 def seed_demo(as_json: bool) -> None:

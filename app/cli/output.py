@@ -8,9 +8,32 @@ from functools import wraps
 from typing import Any
 
 import click
+from flask.cli import AppGroup
 
 from app.extensions import db
 from app.services.errors import ServiceError
+
+
+class OneLineUsageCommand(click.Command):
+    """A command whose usage errors (missing option, bad choice) are one line on stderr,
+    like every other error of the CLI, with Click's exit status 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            raise OneLineUsageError(error.format_message()) from None
+
+
+class OneLineUsageError(click.ClickException):
+    exit_code = 2
+
+
+class KeywardGroup(AppGroup):
+    """A command group whose commands run in the app context and report usage errors in
+    one line."""
+
+    command_class = OneLineUsageCommand
 
 
 def emit(payload: Any, as_json: bool, text: str) -> None:

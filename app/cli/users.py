@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
-from flask.cli import AppGroup
 
+from app.cli.output import KeywardGroup
 from app.cli.output import emit
 from app.cli.output import service_errors
 from app.extensions import db
@@ -13,7 +13,7 @@ from app.services import users
 from app.services.errors import NotFound
 from app.services.errors import ValidationError
 
-users_cli = AppGroup("users", help="Manage users.")
+users_cli = KeywardGroup("users", help="Manage users.")
 
 
 def _find(user: str):

@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import delete
+from sqlalchemy import func
 from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import update
@@ -229,7 +230,9 @@ def purge_expired(*, now: datetime | None = None) -> int:
                 Session.revoked_at < ended_before,
                 (Session.user_id.is_(None)) & (Session.last_seen_at < anonymous_idle),
                 (Session.user_id.is_not(None)) & (Session.last_seen_at < user_idle),
-                (Session.user_id.is_not(None)) & (Session.created_at < user_absolute),
+                # The same start as expiry_reason(): authentication time, else creation.
+                (Session.user_id.is_not(None))
+                & (func.coalesce(Session.authenticated_at, Session.created_at) < user_absolute),
             )
         )
     )
