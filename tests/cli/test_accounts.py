@@ -131,6 +131,7 @@ def test_missing_name_is_a_usage_error(runner):
     assert result.exit_code == 2
     assert result.stdout == ""
     assert "--name" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one-line error
     assert list_accounts(runner) == []
 
 

@@ -144,6 +144,7 @@ def test_bad_limit_is_refused(runner):
         assert result.exit_code == 2
         assert result.stdout == ""
         assert "--limit" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1  # one-line error
 
 
 def test_failed_sign_in_is_listed_as_refused(runner, auth, make_user):

@@ -150,6 +150,7 @@ def test_unknown_role_is_a_usage_error(runner, app, make_account):
     assert result.exit_code == 2
     assert result.stdout == ""
     assert "--role" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one-line error
     assert user_count(app) == 0
 
 
