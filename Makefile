@@ -18,7 +18,9 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/flask --app wsgi seed-demo
-	$(BIN)/flask --app wsgi run --host 127.0.0.1 --port 5000
+	@echo "Keyward is serving on http://127.0.0.1:5000 (Ctrl+C stops it)"
+	# One process with threads: the embedded default keeps rate-limit counters in memory.
+	$(BIN)/gunicorn --bind 127.0.0.1:5000 --workers 1 --threads 8 --access-logfile - wsgi:app
 
 test: $(STAMP)
 	scripts/test
