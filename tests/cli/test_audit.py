@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 from app.extensions import db
 from app.models.base import utcnow
 from app.services import audit
-
-PASSWORD = "correct horse battery staple"
-
-
-def run_json(runner, *args: str):
-    """Run a command with --json; it must succeed and print exactly one JSON value."""
-    result = runner.invoke(args=[*args, "--json"])
-    assert result.exit_code == 0, result.output
-    assert result.stderr == ""
-    assert len(result.stdout.strip().splitlines()) == 1, result.stdout
-    return json.loads(result.stdout)
+from tests.cli.helpers import run_json
+from tests.conftest import DEFAULT_PASSWORD
 
 
 def actions(events: list[dict]) -> list[str]:
@@ -173,12 +163,12 @@ def test_output_holds_no_password_or_hash(runner, auth, make_account):
         "--email",
         "alice@example.com",
         "--password",
-        PASSWORD,
+        DEFAULT_PASSWORD,
         "--account",
         str(account.id),
     ]
     assert runner.invoke(args=create).exit_code == 0
-    assert auth.login("alice@example.com", PASSWORD).status_code == 303
+    assert auth.login("alice@example.com", DEFAULT_PASSWORD).status_code == 303
     auth.logout()
     assert auth.login("alice@example.com", "a wrong guess of a password").status_code == 401
     for args in (["audit", "list", "--all", "--json"], ["audit", "list", "--all"]):
@@ -187,6 +177,6 @@ def test_output_holds_no_password_or_hash(runner, auth, make_account):
         output = result.stdout
         assert "auth.signin.succeeded" in output
         assert "auth.signin.refused" in output
-        for secret in (PASSWORD, "a wrong guess of a password"):
+        for secret in (DEFAULT_PASSWORD, "a wrong guess of a password"):
             assert secret not in output
         assert "argon2" not in output.lower()

@@ -9,27 +9,9 @@ import pytest
 
 from app.services import accounts
 from app.services import users
-
-PASSWORD = "correct horse battery staple"
-
-
-def run_json(runner, *args: str):
-    """Run a command with --json; it must succeed and print exactly one JSON value."""
-    result = runner.invoke(args=[*args, "--json"])
-    assert result.exit_code == 0, result.output
-    assert result.stderr == ""
-    assert len(result.stdout.strip().splitlines()) == 1, result.stdout
-    return json.loads(result.stdout)
-
-
-def assert_error(result, fragment: str) -> None:
-    """A failed command: non-zero exit, nothing on stdout, one line on stderr."""
-    assert result.exit_code != 0
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    assert fragment.lower() in lines[0].lower()
+from tests.cli.helpers import assert_error
+from tests.cli.helpers import run_json
+from tests.conftest import DEFAULT_PASSWORD
 
 
 def user_count(app) -> int:
@@ -46,7 +28,7 @@ def user_count(app) -> int:
 # --- create ------------------------------------------------------------------------------
 def test_create_prints_the_user_as_one_json_object(runner, app):
     user = run_json(
-        runner, "users", "create", "--email", "Alice@Example.COM", "--password", PASSWORD
+        runner, "users", "create", "--email", "Alice@Example.COM", "--password", DEFAULT_PASSWORD
     )
 
     assert {"id", "email"} <= set(user)
@@ -56,13 +38,15 @@ def test_create_prints_the_user_as_one_json_object(runner, app):
         stored = users.get_user(uuid.UUID(user["id"]))
         assert stored.email == "alice@example.com"
         assert stored.password_hash is not None
-        assert PASSWORD not in stored.password_hash
+        assert DEFAULT_PASSWORD not in stored.password_hash
 
 
 def test_created_user_signs_in_with_the_password(runner, auth, client):
-    run_json(runner, "users", "create", "--email", "Alice@Example.com", "--password", PASSWORD)
+    run_json(
+        runner, "users", "create", "--email", "Alice@Example.com", "--password", DEFAULT_PASSWORD
+    )
 
-    assert auth.login("alice@example.com", PASSWORD).status_code == 303
+    assert auth.login("alice@example.com", DEFAULT_PASSWORD).status_code == 303
     assert client.get("/whoami").json["email"] == "alice@example.com"
 
 
@@ -224,7 +208,7 @@ def test_user_without_password_cannot_sign_in(runner, app, auth, client):
 
     with app.app_context():
         assert users.get_user(uuid.UUID(created["id"])).password_hash is None
-    assert auth.login("sso-only@example.com", PASSWORD).status_code == 401
+    assert auth.login("sso-only@example.com", DEFAULT_PASSWORD).status_code == 401
     assert client.get("/whoami").json["authenticated"] is False
     refused = run_json(runner, "audit", "list", "--action", "auth.signin.refused")
     assert refused[0]["details"]["reason"] == "no_password"
