@@ -111,6 +111,26 @@ class BaseConfig:
         self.ARGON2_TIME_COST = _int(environ, "ARGON2_TIME_COST", 2)
         self.ARGON2_PARALLELISM = _int(environ, "ARGON2_PARALLELISM", 1)
 
+        #: Fetches of admin-entered URLs (discovery, JWKS, metadata, token endpoints) must be
+        #: https to public addresses. ``true`` allows everything; a comma list of ``host:port``
+        #: (as written in the URL) allows just those, over http too. Tests and demos use it.
+        self.OUTBOUND_ALLOW_PRIVATE = (environ.get("OUTBOUND_ALLOW_PRIVATE") or "").strip()
+        #: Extra CA certificates (PEM file) for identity providers behind a private CA.
+        self.OUTBOUND_CA_BUNDLE = environ.get("OUTBOUND_CA_BUNDLE") or None
+        #: Seconds an outbound fetch may take (connect + read), and the largest body accepted.
+        self.OUTBOUND_TIMEOUT = _int(environ, "OUTBOUND_TIMEOUT", 10)
+        self.OUTBOUND_MAX_BYTES = _int(environ, "OUTBOUND_MAX_BYTES", 1024 * 1024)
+        #: Seconds of clock difference tolerated on exp/iat/nbf of tokens from IdPs.
+        self.OIDC_CLOCK_SKEW = _int(environ, "OIDC_CLOCK_SKEW", 120)
+        #: Built-in providers, shown on /login only when their client id is configured.
+        self.GOOGLE_CLIENT_ID = environ.get("GOOGLE_CLIENT_ID") or None
+        self.GOOGLE_CLIENT_SECRET = environ.get("GOOGLE_CLIENT_SECRET") or None
+        self.MICROSOFT_CLIENT_ID = environ.get("MICROSOFT_CLIENT_ID") or None
+        self.MICROSOFT_CLIENT_SECRET = environ.get("MICROSOFT_CLIENT_SECRET") or None
+        #: Entra tenant for the built-in Microsoft provider: ``common`` (any tenant and
+        #: personal accounts), ``organizations``, or one tenant id.
+        self.MICROSOFT_TENANT = environ.get("MICROSOFT_TENANT") or "common"
+
         #: Days audit events are kept before the retention task removes them.
         self.AUDIT_RETENTION_DAYS = _int(environ, "AUDIT_RETENTION_DAYS", 365)
 
