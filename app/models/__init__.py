@@ -4,7 +4,24 @@ from app.models.account import Account
 from app.models.account import Membership
 from app.models.account import Role
 from app.models.audit import AuditEvent
+from app.models.external_login import ExternalLogin
+from app.models.provider import Protocol
+from app.models.provider import ProviderMetadata
+from app.models.provider import ResponseType
+from app.models.provider import SsoProvider
 from app.models.session import Session
 from app.models.user import User
 
-__all__ = ["Account", "AuditEvent", "Membership", "Role", "Session", "User"]
+__all__ = [
+    "Account",
+    "AuditEvent",
+    "ExternalLogin",
+    "Membership",
+    "Protocol",
+    "ProviderMetadata",
+    "ResponseType",
+    "Role",
+    "Session",
+    "SsoProvider",
+    "User",
+]

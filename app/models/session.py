@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import JSON
 from sqlalchemy import ForeignKey
 from sqlalchemy import String
+from sqlalchemy import Text
 from sqlalchemy import Uuid
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -44,6 +45,14 @@ class Session(Base):
     authenticated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # How the user signed in: "password" or, for federated sessions, the provider's protocol.
     auth_method: Mapped[str | None] = mapped_column(String(32))
+    # Federated sessions: the provider, the IdP's session id (``sid``, used by front- and
+    # back-channel logout) and subject, and the ID token for id_token_hint (encrypted).
+    provider_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("sso_providers.id", ondelete="SET NULL"), index=True
+    )
+    idp_sid: Mapped[str | None] = mapped_column(String(255), index=True)
+    idp_subject: Mapped[str | None] = mapped_column(String(255))
+    id_token_encrypted: Mapped[str | None] = mapped_column(Text)
     ip_address: Mapped[str | None] = mapped_column(String(45))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)

@@ -1,0 +1,236 @@
+"""`flask providers`: create, list, show, enable, disable, delete and refresh SSO providers."""
+
+from __future__ import annotations
+
+import click
+
+from app.cli.output import KeywardGroup
+from app.cli.output import emit
+from app.cli.output import service_errors
+from app.extensions import db
+from app.services import accounts
+from app.services import providers
+from app.services.errors import NotFound
+from app.services.errors import ValidationError
+from app.services.providers import ProviderFields
+
+providers_cli = KeywardGroup("providers", help="Manage SSO providers.")
+
+BASE_SCOPES = ("openid", "profile", "email")
+
+
+def _line(provider) -> str:
+    state = "enabled" if provider.enabled else "disabled"
+    owner = f"account {provider.account_id}" if provider.account_id else "built-in"
+    return f"{provider.id}\t{provider.scheme}\t{provider.protocol}\t{state}\t{owner}"
+
+
+@providers_cli.command("create")
+@click.option("--account", "account_id", type=int, default=None, help="Owning account id.")
+@click.option(
+    "--builtin",
+    type=click.Choice(["google", "microsoft"]),
+    default=None,
+    help="Create the built-in Google or Microsoft provider (no account).",
+)
+@click.option("--protocol", type=click.Choice(["oidc", "oauth2", "saml"]), default="oidc")
+@click.option("--display-name", default=None, help="Button text on the sign-in page.")
+@click.option("--scheme", default=None, help="Authentication scheme: /signin-<scheme>.")
+@click.option("--authority", default=None, help="OpenID Connect issuer / authority URL.")
+@click.option("--client-id", default=None)
+@click.option("--client-secret", default=None, help="Stored encrypted; never shown again.")
+@click.option(
+    "--response-type", type=click.Choice(["code", "id_token", "code id_token"]), default="code"
+)
+@click.option("--scopes", default=None, help='Scopes, e.g. "openid profile email groups".')
+@click.option("--additional-claims", default=None, help="Extra scopes/claims to request.")
+@click.option("--jit/--no-jit", default=False, help="Create unknown users at first sign-in.")
+@click.option("--default-role", type=click.Choice(["owner", "admin", "member"]), default="member")
+@click.option("--authorization-expression", default=None, help="CEL over the ID token claims.")
+@click.option(
+    "--trust-email-verified", is_flag=True, help="The IdP only sends verified email addresses."
+)
+@click.option("--external-id-claim", default=None, help='Claim matched to SCIM externalId ("oid").')
+@click.option("--allow-hs256", is_flag=True, help="Accept HS256 ID tokens (client secret).")
+@click.option("--icon-url", default=None)
+@click.option("--hidden", is_flag=True, help="Not shown on /login (direct URL still works).")
+@click.option("--disabled", is_flag=True)
+@click.option("--authorization-endpoint", default=None, help="OAuth 2.0 only.")
+@click.option("--token-endpoint", default=None, help="OAuth 2.0 only.")
+@click.option("--userinfo-endpoint", default=None, help="OAuth 2.0 only.")
+@click.option("--subject-field", default="sub", help="OAuth 2.0 userinfo field of the subject.")
+@click.option("--email-field", default="email")
+@click.option("--name-field", default="name")
+@click.option("--json", "as_json", is_flag=True)
+@service_errors
+def create_provider(
+    account_id,
+    builtin,
+    protocol,
+    display_name,
+    scheme,
+    authority,
+    client_id,
+    client_secret,
+    response_type,
+    scopes,
+    additional_claims,
+    jit,
+    default_role,
+    authorization_expression,
+    trust_email_verified,
+    external_id_claim,
+    allow_hs256,
+    icon_url,
+    hidden,
+    disabled,
+    authorization_endpoint,
+    token_endpoint,
+    userinfo_endpoint,
+    subject_field,
+    email_field,
+    name_field,
+    as_json,
+) -> None:
+    """Create a provider and print it (with its id and callback URLs)."""
+    extra = [s for s in f"{scopes or ''} {additional_claims or ''}".split() if s not in BASE_SCOPES]
+    if builtin is not None:
+        if account_id is not None:
+            raise ValidationError("--builtin providers belong to no account; omit --account.")
+        fields = providers.builtin_fields(
+            builtin, client_id=client_id or "", client_secret=client_secret, authority=authority
+        )
+        account = None
+    else:
+        if account_id is None:
+            raise ValidationError("--account is required (or --builtin).")
+        try:
+            account = accounts.get_account(account_id)
+        except NotFound:
+            raise ValidationError(f"No account with id {account_id}.") from None
+        fields = ProviderFields(
+            display_name=display_name or "",
+            scheme=scheme or "",
+            authority=authority,
+            client_id=client_id,
+            client_secret=client_secret,
+        )
+    fields = ProviderFields(
+        **{
+            **fields.__dict__,
+            "protocol": protocol,
+            "response_type": response_type,
+            "additional_scopes": " ".join(dict.fromkeys(extra)),
+            "jit_provisioning": jit,
+            "default_role": default_role,
+            "authorization_expression": authorization_expression,
+            "trust_email_verified": trust_email_verified or fields.trust_email_verified,
+            "external_id_claim": external_id_claim or fields.external_id_claim,
+            "allow_hs256": allow_hs256,
+            "icon_url": icon_url,
+            "visible": not hidden,
+            "enabled": not disabled,
+            "authorization_endpoint": authorization_endpoint,
+            "token_endpoint": token_endpoint,
+            "userinfo_endpoint": userinfo_endpoint,
+            "subject_field": subject_field,
+            "email_field": email_field,
+            "name_field": name_field,
+        }
+    )
+    provider = providers.create_provider(fields, account=account, builtin=builtin)
+    db.session.commit()
+    emit(providers.serialise(provider), as_json, f"Provider created: {_line(provider)}")
+
+
+@providers_cli.command("list")
+@click.option("--account", "account_id", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True)
+def list_providers(account_id, as_json) -> None:
+    """List providers (all, or one account's)."""
+    rows = providers.list_providers(account_id)
+    emit(
+        [providers.serialise(p) for p in rows],
+        as_json,
+        "\n".join(_line(p) for p in rows) or "No providers.",
+    )
+
+
+@providers_cli.command("show")
+@click.argument("provider_id")
+@click.option("--json", "as_json", is_flag=True)
+@service_errors
+def show_provider(provider_id, as_json) -> None:
+    """Show one provider by GUID."""
+    provider = providers.get_provider(provider_id)
+    emit(providers.serialise(provider), as_json, _line(provider))
+
+
+def _toggle(provider_id: str, enabled: bool, as_json: bool) -> None:
+    provider = providers.get_provider(provider_id)
+    providers.set_enabled(provider, enabled)
+    db.session.commit()
+    emit(providers.serialise(provider), as_json, _line(provider))
+
+
+@providers_cli.command("enable")
+@click.argument("provider_id")
+@click.option("--json", "as_json", is_flag=True)
+@service_errors
+def enable_provider(provider_id, as_json) -> None:
+    """Enable a provider."""
+    _toggle(provider_id, True, as_json)
+
+
+@providers_cli.command("disable")
+@click.argument("provider_id")
+@click.option("--json", "as_json", is_flag=True)
+@service_errors
+def disable_provider(provider_id, as_json) -> None:
+    """Disable a provider (its button, /sso link and callbacks refuse)."""
+    _toggle(provider_id, False, as_json)
+
+
+@providers_cli.command("delete")
+@click.argument("provider_id")
+@click.option("--json", "as_json", is_flag=True)
+@service_errors
+def delete_provider(provider_id, as_json) -> None:
+    """Delete a provider and every login record through it."""
+    provider = providers.get_provider(provider_id)
+    payload = {"id": str(provider.id), "scheme": provider.scheme}
+    removed = providers.delete_provider(provider)
+    db.session.commit()
+    emit(
+        {**payload, "deleted": True, "logins_removed": removed},
+        as_json,
+        f"Provider {payload['scheme']} deleted; {removed} login(s) removed.",
+    )
+
+
+@providers_cli.command("refresh")
+@click.argument("provider_id", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@service_errors
+def refresh_providers(provider_id, as_json) -> None:
+    """Fetch discovery and JWKS now (one provider, or every enabled one)."""
+    from app.services import metadata
+
+    targets = (
+        [providers.get_provider(provider_id)]
+        if provider_id
+        else [p for p in providers.list_providers() if p.enabled]
+    )
+    results = []
+    for provider in targets:
+        outcome = metadata.refresh_provider_metadata(provider)
+        db.session.commit()
+        results.append({**providers.serialise(provider), "refreshed": outcome.ok})
+    failed = [r for r in results if not r["refreshed"]]
+    lines = [
+        f"{r['scheme']}: " + ("ok" if r["refreshed"] else f"failed: {r['health']['last_error']}")
+        for r in results
+    ]
+    emit(results[0] if provider_id else results, as_json, "\n".join(lines) or "No providers.")
+    if failed:
+        raise click.ClickException(f"{len(failed)} provider(s) could not be refreshed.")

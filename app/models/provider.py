@@ -1,0 +1,139 @@
+"""SsoProvider (an identity provider configuration) and ProviderMetadata (last good copy)."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING
+from typing import Any
+
+from sqlalchemy import JSON
+from sqlalchemy import Boolean
+from sqlalchemy import CheckConstraint
+from sqlalchemy import ForeignKey
+from sqlalchemy import Integer
+from sqlalchemy import String
+from sqlalchemy import Text
+from sqlalchemy import Uuid
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import relationship
+
+from app.models.base import Base
+from app.models.base import UTCDateTime
+from app.models.base import utcnow
+
+if TYPE_CHECKING:
+    from app.models.account import Account
+
+
+class Protocol(enum.StrEnum):
+    OIDC = "oidc"
+    OAUTH2 = "oauth2"
+    SAML = "saml"
+
+
+class ResponseType(enum.StrEnum):
+    CODE = "code"
+    ID_TOKEN = "id_token"
+    CODE_ID_TOKEN = "code id_token"
+
+
+class SsoProvider(Base):
+    """One identity provider. ``account_id`` is None for the built-in Google and Microsoft."""
+
+    __tablename__ = "sso_providers"
+    __table_args__ = (
+        CheckConstraint("protocol IN ('oidc', 'oauth2', 'saml')", name="protocol_known"),
+        CheckConstraint(
+            "response_type IN ('code', 'id_token', 'code id_token')", name="response_type_known"
+        ),
+        CheckConstraint("default_role IN ('owner', 'admin', 'member')", name="default_role_known"),
+    )
+
+    # The GUID admins copy into /sso/<guid> links.
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    # "google" or "microsoft" for the built-in providers, else None.
+    builtin: Mapped[str | None] = mapped_column(String(16), unique=True)
+    protocol: Mapped[str] = mapped_column(String(16), default=Protocol.OIDC.value)
+    display_name: Mapped[str] = mapped_column(String(100))
+    scheme: Mapped[str] = mapped_column(String(64))
+    # Lower-cased scheme: schemes are compared case-insensitively (/signin-AcmeSSO is
+    # /signin-acmesso), and this column carries the unique index on every database.
+    scheme_key: Mapped[str] = mapped_column(String(64), unique=True)
+    authority: Mapped[str | None] = mapped_column(String(2048))
+    client_id: Mapped[str | None] = mapped_column(String(255))
+    # MultiFernet ciphertext (services.crypto); never rendered, logged or exported.
+    client_secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    response_type: Mapped[str] = mapped_column(String(32), default=ResponseType.CODE.value)
+    # Requested on top of "openid profile email" (space separated).
+    additional_scopes: Mapped[str] = mapped_column(String(1024), default="")
+    authorization_expression: Mapped[str | None] = mapped_column(Text)
+    icon_url: Mapped[str | None] = mapped_column(String(2048))
+    remote_signout_path: Mapped[str | None] = mapped_column(String(255))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    visible: Mapped[bool] = mapped_column(Boolean, default=True)
+    jit_provisioning: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_role: Mapped[str] = mapped_column(String(16), default="member")
+    # The IdP guarantees the email it sends is verified (e.g. a corporate directory), so
+    # linking by email is safe even without an email_verified claim.
+    trust_email_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Claim matched against a SCIM user's externalId (Entra ID: "oid"); None means "sub".
+    external_id_claim: Mapped[str | None] = mapped_column(String(100))
+    # HS256 ID tokens (signed with the client secret) are refused unless this is on.
+    allow_hs256: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Plain OAuth 2.0: endpoints and the userinfo field names of subject and profile.
+    authorization_endpoint: Mapped[str | None] = mapped_column(String(2048))
+    token_endpoint: Mapped[str | None] = mapped_column(String(2048))
+    userinfo_endpoint: Mapped[str | None] = mapped_column(String(2048))
+    subject_field: Mapped[str] = mapped_column(String(100), default="sub")
+    email_field: Mapped[str] = mapped_column(String(100), default="email")
+    name_field: Mapped[str] = mapped_column(String(100), default="name")
+    # Bumped on every change: caches and clients are keyed by (id, version).
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    account: Mapped[Account | None] = relationship()
+    metadata_record: Mapped[ProviderMetadata | None] = relationship(
+        back_populates="provider", cascade="all, delete-orphan", uselist=False
+    )
+
+    @property
+    def scopes(self) -> list[str]:
+        """openid profile email (OIDC) plus the additional scopes, without duplicates."""
+        base = ["openid", "profile", "email"] if self.protocol == Protocol.OIDC else []
+        extra = [s for s in (self.additional_scopes or "").split() if s not in base]
+        return base + extra
+
+    def __repr__(self) -> str:
+        return f"<SsoProvider {self.id} {self.scheme!r}>"
+
+
+class ProviderMetadata(Base):
+    """The last good discovery document and JWKS of a provider, and its fetch health.
+
+    The durable copy behind the Redis cache: sign-ins keep working from it when the IdP is
+    down (stale-if-error)."""
+
+    __tablename__ = "provider_metadata"
+
+    provider_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sso_providers.id", ondelete="CASCADE"), primary_key=True
+    )
+    discovery: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    jwks_fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    key_ids: Mapped[list[str] | None] = mapped_column(JSON)
+    cert_expiry: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    provider: Mapped[SsoProvider] = relationship(back_populates="metadata_record")
