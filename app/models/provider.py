@@ -36,8 +36,8 @@ class Protocol(enum.StrEnum):
 
 class ResponseType(enum.StrEnum):
     CODE = "code"
-    ID_TOKEN = "id_token"
-    CODE_ID_TOKEN = "code id_token"
+    ID_TOKEN = "id_token"  # noqa: S105 - a response type, not a password
+    CODE_ID_TOKEN = "code id_token"  # noqa: S105 - a response type, not a password
 
 
 class SsoProvider(Base):
