@@ -36,6 +36,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def register_extensions(app: Flask) -> None:
+    from app.cache import init_cache
     from app.celery import celery_init_app
     from app.extensions import csrf
     from app.extensions import db
@@ -65,6 +66,7 @@ def register_extensions(app: Flask) -> None:
     from app import auth_loader  # noqa: F401  (registers the Flask-Login callbacks)
 
     celery_init_app(app)
+    init_cache(app)
 
 
 def _configure_sqlite(app: Flask) -> None:
@@ -84,6 +86,9 @@ def _configure_sqlite(app: Flask) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL is safe against application crashes and only risks the last
+        # transactions on power loss; FULL would fsync at every commit of every request.
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
 

@@ -6,6 +6,7 @@ a ``next`` URL). Sign-in replaces the row with a new one under a new id (see sig
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Flask
@@ -23,28 +24,36 @@ from app.models import User
 from app.services import sessions
 
 
+def _fingerprint(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, default=str)
+
+
 class ServerSession(CallbackDict, SessionMixin):
-    """The dict a view sees as ``flask.session``, plus the row behind it."""
+    """The dict a view sees as ``flask.session``, plus what is known of the row behind it.
+
+    The row's id, user, payload and last_seen_at are copied when the request starts (or at
+    sign-in), so saving at the end needs no reload of a row the view's commit expired.
+    """
 
     def __init__(self, initial: dict[str, Any] | None = None, record: Session | None = None):
         def on_update(_self: ServerSession) -> None:
             _self.modified = True
 
         super().__init__(initial or {}, on_update)
-        self.record = record
         self.modified = False
+        self.bind(record)
         # Set by sign_in() (new cookie) and sign_out() (cookie removed).
         self.new_token: str | None = None
         self.ended = False
         # True when the request presented a cookie that no longer maps to a live session.
         self.stale_cookie = False
 
-    @property
-    def user_id(self):
-        record = self.record
-        if record is None or record.revoked_at is not None:
-            return None
-        return record.user_id
+    def bind(self, record: Session | None) -> None:
+        self.record = record
+        self.record_id = record.id if record is not None else None
+        self.user_id = record.user_id if record is not None else None
+        self.last_seen = record.last_seen_at if record is not None else None
+        self.saved = _fingerprint(dict(self)) if record is not None else None
 
 
 class DatabaseSessionInterface(SessionInterface):
@@ -71,9 +80,7 @@ class DatabaseSessionInterface(SessionInterface):
             "samesite": self.get_cookie_samesite(app),
         }
         response.vary.add("Cookie")
-        record = session.record
-        changed = False
-        if record is None:
+        if session.record_id is None:
             if not session:
                 if session.ended:
                     db.session.commit()
@@ -82,18 +89,19 @@ class DatabaseSessionInterface(SessionInterface):
                 return
             # Anonymous data to keep (including a flash after sign-out): a fresh row and id.
             record, session.new_token = sessions.create_session(
-                data=dict(session),
-                ip_address=_client_ip(),
-                user_agent=_user_agent(),
+                data=dict(session), ip_address=_client_ip(), user_agent=_user_agent()
             )
-            session.record = record
-            changed = True
-        elif session.modified or session.new_token:
-            record.data = dict(session)
-            changed = True
-        changed = sessions.touch(record) or changed
-        if changed:
+            session.bind(record)
             db.session.commit()
+        else:
+            data = dict(session)
+            changed = sessions.save_changes(
+                session.record_id,
+                data=data if _fingerprint(data) != session.saved else None,
+                last_seen=session.last_seen,
+            )
+            if changed:
+                db.session.commit()
         if session.new_token:
             # No Max-Age: the cookie dies with the browser; the server enforces the timeouts.
             response.set_cookie(name, session.new_token, **cookie)
@@ -115,7 +123,15 @@ def current_record() -> Session | None:
     return None
 
 
-def sign_in(user: User, *, auth_method: str) -> Session:
+def sign_in(
+    user: User,
+    *,
+    auth_method: str,
+    provider_id=None,
+    idp_sid: str | None = None,
+    idp_subject: str | None = None,
+    id_token_encrypted: str | None = None,
+) -> Session:
     """Bind the request's browser to ``user`` under a brand-new session id.
 
     The payload of the anonymous session (``next``, flow state) is carried over; the CSRF
@@ -131,9 +147,13 @@ def sign_in(user: User, *, auth_method: str) -> Session:
         ip_address=_client_ip(),
         user_agent=_user_agent(),
     )
+    record.provider_id = provider_id
+    record.idp_sid = idp_sid
+    record.idp_subject = idp_subject
+    record.id_token_encrypted = id_token_encrypted
     session.clear()
     session.update(data)
-    session.record = record
+    session.bind(record)
     session.new_token = token
     return record
 
@@ -145,6 +165,6 @@ def sign_out(reason: str = "signed_out") -> None:
     if session.record is not None:
         sessions.revoke(session.record, reason)
     session.clear()
-    session.record = None
+    session.bind(None)
     session.new_token = None
     session.ended = True

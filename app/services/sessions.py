@@ -137,13 +137,30 @@ def start_authenticated_session(
     )
 
 
-def touch(record: Session, *, now: datetime | None = None) -> bool:
-    """Move last_seen_at forward when it is older than TOUCH_INTERVAL; True if it changed."""
+def save_changes(
+    session_id: uuid.UUID,
+    *,
+    data: dict[str, Any] | None,
+    last_seen: datetime | None,
+    now: datetime | None = None,
+) -> bool:
+    """Write a changed payload and/or move last_seen_at forward (at most every
+    TOUCH_INTERVAL) in one UPDATE by id; True when something was written."""
     now = now or utcnow()
-    if now - record.last_seen_at >= TOUCH_INTERVAL:
-        record.last_seen_at = now
-        return True
-    return False
+    values: dict[str, Any] = {}
+    if data is not None:
+        values["data"] = data
+    if last_seen is None or now - last_seen >= TOUCH_INTERVAL:
+        values["last_seen_at"] = now
+    if not values:
+        return False
+    db.session.execute(
+        update(Session)
+        .where(Session.id == session_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return True
 
 
 def revoke(record: Session, reason: str) -> None:
@@ -162,6 +179,29 @@ def revoke_user_sessions(user: User, *, reason: str, keep: uuid.UUID | None = No
     )
     if keep is not None:
         query = query.where(Session.id != keep)
+    return db.session.execute(query).rowcount or 0
+
+
+def revoke_idp_sessions(
+    provider_id: uuid.UUID, *, sid: str | None = None, subject: str | None = None, reason: str
+) -> int:
+    """End the live sessions an IdP signs out (front- or back-channel logout): those of the
+    provider with that IdP ``sid``, or, without a sid, all of that subject's. One UPDATE, so
+    it takes effect on every web process at their next request."""
+    if sid is None and subject is None:
+        return 0
+    query = (
+        update(Session)
+        .where(Session.provider_id == provider_id, Session.revoked_at.is_(None))
+        .values(revoked_at=utcnow(), revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    if sid is not None:
+        query = query.where(Session.idp_sid == sid)
+        if subject is not None:
+            query = query.where(Session.idp_subject == subject)
+    else:
+        query = query.where(Session.idp_subject == subject)
     return db.session.execute(query).rowcount or 0
 
 
