@@ -69,13 +69,18 @@ def find_live_session(token: str, *, now: datetime | None = None) -> Session | N
     if not token or len(token) > 128:
         return None
     now = now or utcnow()
-    record = db.session.scalar(
-        select(Session).where(Session.token_hash == hash_token(token), Session.revoked_at.is_(None))
-    )
-    if record is None:
+    # One query for the session and its user: this runs on every request with a cookie, and
+    # the user it loads is the one Flask-Login then finds in the identity map.
+    row = db.session.execute(
+        select(Session, User)
+        .outerjoin(User, Session.user_id == User.id)
+        .where(Session.token_hash == hash_token(token), Session.revoked_at.is_(None))
+    ).first()
+    if row is None:
         return None
+    record, user = row
     reason = expiry_reason(record, now)
-    if reason is None and record.user is not None and not record.user.active:
+    if reason is None and user is not None and not user.active:
         reason = "user_inactive"
     if reason is not None:
         record.revoked_at = now

@@ -13,12 +13,14 @@ from flask_login import current_user
 from sqlalchemy import select
 
 from app.blueprints.auth import bp
+from app.blueprints.auth.federated import federated_logout_redirect
 from app.blueprints.auth.forms import LoginForm
 from app.extensions import db
 from app.extensions import limiter
 from app.extensions import signins
 from app.models import Account
 from app.services import audit
+from app.services import providers
 from app.services import users
 from app.services.users import SignInRefusal
 from app.session_interface import current_record
@@ -48,8 +50,16 @@ def _failed(response) -> bool:
 def _render_login(
     form: LoginForm, account: Account | None = None, status: int = 200, error: str | None = None
 ):
+    buttons = providers.login_buttons(account.id if account else None)
     return (
-        render_template("auth/login.html", form=form, account=account, error=error),
+        render_template(
+            "auth/login.html",
+            form=form,
+            account=account,
+            error=error,
+            buttons=buttons,
+            next=form.next.data or None,
+        ),
         status,
     )
 
@@ -109,6 +119,10 @@ def logout():
             meta=request_meta(),
         )
     sign_out()
+    # A federated session also ends at the IdP when it supports RP-initiated logout.
+    idp_logout = federated_logout_redirect(record)
     db.session.commit()
+    if idp_logout is not None:
+        return redirect(idp_logout, code=303)
     flash("You have signed out.", "info")
     return redirect(url_for("auth.login"), code=303)

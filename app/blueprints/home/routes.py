@@ -7,6 +7,7 @@ from flask import render_template
 from flask_login import current_user
 from flask_login import login_required
 
+from app.blueprints.auth.federated import whoami_extra
 from app.blueprints.home import bp
 from app.models import Role
 from app.services import accounts
@@ -33,4 +34,5 @@ def whoami():
         id=str(current_user.id),
         email=current_user.email,
         account_ids=[m.account_id for m in accounts.memberships_of(current_user)],
+        **whoami_extra(),
     )
