@@ -101,6 +101,8 @@ class BaseConfig:
         self.LOGIN_EMAIL_RATE_LIMIT = environ.get("LOGIN_EMAIL_RATE_LIMIT") or "20/hour"
         #: Prefix of rate-limit counters in Redis, so several deployments can share one Redis.
         self.RATELIMIT_KEY_PREFIX = environ.get("RATELIMIT_KEY_PREFIX") or "keyward-rl"
+        #: Prefix of Keyward's cache keys in Redis.
+        self.CACHE_KEY_PREFIX = environ.get("CACHE_KEY_PREFIX") or "keyward:"
         #: Number of reverse proxies in front of Keyward whose X-Forwarded-* headers are trusted.
         self.TRUSTED_PROXY_COUNT = _int(environ, "TRUSTED_PROXY_COUNT", 0)
 
