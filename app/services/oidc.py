@@ -14,6 +14,7 @@ from base64 import urlsafe_b64encode
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 from urllib.parse import urlencode
 from urllib.parse import urlsplit
 
@@ -198,7 +199,8 @@ def _client_auth(provider: SsoProvider, keys: metadata.ProviderKeys | None):
         supported = keys.discovery.get("token_endpoint_auth_methods_supported") or supported
     if "client_secret_basic" not in supported and "client_secret_post" in supported:
         return None, {"client_id": provider.client_id, "client_secret": secret}
-    return (provider.client_id, secret), {}
+    # RFC 6749 §2.3.1: id and secret are form-encoded before they go into Basic auth.
+    return (quote(provider.client_id or "", safe=""), quote(secret, safe="")), {}
 
 
 def _token_request(

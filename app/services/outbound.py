@@ -223,7 +223,12 @@ def fetch(
                     # URL that was requested; the fragment never goes on the wire.
                     current = urldefrag(urljoin(target.url, location.strip())).url
                     continue
-                content = _read_body(response, target, limit, deadline, seconds)
+                # A HEAD response has no body, whatever its Content-Length says.
+                content = (
+                    b""
+                    if method == "HEAD"
+                    else _read_body(response, target, limit, deadline, seconds)
+                )
                 result = OutboundResponse(
                     status=response.status,
                     headers=HTTPHeaderDict(response.headers),
@@ -304,6 +309,8 @@ def _vet(url: str, policy: _Policy) -> _Target:
         for address in addresses:
             if not _is_public(ipaddress.ip_address(address)):
                 log.warning("outbound refused: %s resolves to %s", host, address)
+                if literal is not None:
+                    raise OutboundRefused(f"{host} is not a public address")
                 raise OutboundRefused(f"{host} resolves to an address that is not public")
 
     path = parts.path or "/"
@@ -503,7 +510,7 @@ def _read_body(
     # watchdog shuts the socket down at the deadline, which ends a blocked read at once.
     watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), expire)
     watchdog.daemon = True
-    pass
+    watchdog.start()
     chunks: list[bytes] = []
     size = 0
     try:
