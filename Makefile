@@ -26,6 +26,7 @@ test: $(STAMP)
 	scripts/test
 
 test-sqlite: $(STAMP)
+	npm ci --prefix tests/e2e/idp --ignore-scripts --no-audit --no-fund --loglevel=error
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -323,7 +323,10 @@ def complete(
         id_tokens.check_authorization_response_issuer(
             params.get("iss"),
             keys.discovery["issuer"],
-            required=keys.discovery.get("authorization_response_iss_parameter_supported") is True,
+            # RFC 9207 §2.4: with an ID token in the response, its iss claim does the job (and
+            # oidc-provider, for one, leaves the parameter out then).
+            required=keys.discovery.get("authorization_response_iss_parameter_supported") is True
+            and not params.get("id_token"),
         )
     except id_tokens.TokenRejected as error:
         raise SignInFailed(
