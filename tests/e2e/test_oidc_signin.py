@@ -6,6 +6,8 @@ userinfo) go over real sockets to the provider, which this module starts.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -64,9 +66,20 @@ def client_metadata(scheme: str) -> dict:
     }
 
 
+OAUTH2_CLIENT = {
+    "client_id": "oauthidp",
+    "client_secret": SECRET,
+    "redirect_uris": [f"{PUBLIC_URL}/signin-OAuthIdp"],
+    "response_types": ["code"],
+    "grant_types": ["authorization_code"],
+    "token_endpoint_auth_method": "client_secret_basic",
+}
+
+
 @pytest.fixture(scope="module")
 def idp() -> Iterator[OidcIdp]:
-    with OidcIdp(clients=[client_metadata(s) for s in FLOWS], accounts=ACCOUNTS) as server:
+    clients = [client_metadata(s) for s in FLOWS] + [OAUTH2_CLIENT]
+    with OidcIdp(clients=clients, accounts=ACCOUNTS) as server:
         yield server
 
 
@@ -87,16 +100,16 @@ def account(make_account):
 def make_provider(app, idp, account):
     def _make(scheme: str = "CodeIdp", **changes) -> uuid.UUID:
         response_type = FLOWS[scheme][0]
-        fields = ProviderFields(
-            display_name=f"{scheme} login",
-            scheme=scheme,
-            authority=idp.issuer,
-            client_id=scheme.lower(),
-            client_secret=SECRET,
-            response_type=response_type,
-            jit_provisioning=True,
-            **changes,
-        )
+        defaults = {
+            "display_name": f"{scheme} login",
+            "scheme": scheme,
+            "authority": idp.issuer,
+            "client_id": scheme.lower(),
+            "client_secret": SECRET,
+            "response_type": response_type,
+            "jit_provisioning": True,
+        }
+        fields = ProviderFields(**{**defaults, **changes})
         with app.app_context():
             from app.services import accounts
 
@@ -370,3 +383,67 @@ def test_frontchannel_logout_by_iss_and_sid_without_a_cookie(app, client, idp, m
     assert response.status_code == 200
     assert "frame-ancestors *" in response.headers["Content-Security-Policy"]
     assert client.get("/whoami").json == {"authenticated": False}
+
+
+def test_plain_oauth2_provider_reads_the_identity_from_userinfo(app, client, idp, account):
+    fields = ProviderFields(
+        protocol="oauth2",
+        display_name="OAuth login",
+        scheme="OAuthIdp",
+        client_id="oauthidp",
+        client_secret=SECRET,
+        authorization_endpoint=idp.authorization_endpoint,
+        token_endpoint=idp.token_endpoint,
+        userinfo_endpoint=idp.userinfo_endpoint,
+        # This provider's userinfo needs the openid scope; OAuth 2.0 sends only what is set.
+        additional_scopes="openid email profile",
+        subject_field="sub",
+        trust_email_verified=True,
+        jit_provisioning=True,
+    )
+    with app.app_context():
+        from app.services import accounts
+
+        provider = providers.create_provider(fields, account=accounts.get_account(account.id))
+        db.session.commit()
+        provider_id = provider.id
+    location = start(client, provider_id)
+    query = parse_qs(urlsplit(location).query)
+    assert "nonce" not in query and query["code_challenge_method"] == ["S256"]
+    idp.reset_counters()
+    assert sign_in(client, provider_id).status_code == 303
+    me = client.get("/whoami").json
+    assert (me["email"], me["subject"]) == ("alice@acme.example", "alice-sub")
+    counters = idp.counters()
+    assert counters["userinfo"] == 1 and counters["discovery"] == 0
+
+
+def test_without_jit_an_unknown_user_gets_the_no_account_page(app, client, make_provider):
+    provider_id = make_provider("CodeIdp", jit_provisioning=False)
+    response = sign_in(client, provider_id)
+    assert response.status_code == 403
+    assert "no Keyward user" in response.text or "No Keyward user" in response.text
+    assert client.get("/whoami").json == {"authenticated": False}
+    assert audit_events(app, "auth.signin.refused")[-1]["details"]["reason"] == "no_account"
+
+
+def test_a_tampered_front_channel_id_token_is_refused_before_any_token_call(
+    app, client, idp, make_provider
+):
+    provider_id = make_provider("HybridIdp")
+    location = start(client, provider_id)
+    with new_http_session() as http:
+        answer = sign_in_with_http(location, "alice", "pw", session=http)
+    header, payload, signature = answer.params["id_token"].split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = "mallory-sub"  # another identity, with the original signature
+    tampered = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    forged = dict(answer.params, id_token=f"{header}.{tampered}.{signature}")
+    idp.reset_counters()
+    response = client.post(urlsplit(answer.url).path, data=forged)
+    assert response.status_code == 401
+    assert "token is not valid" in response.text
+    assert idp.counters()["token"] == 0  # the code was never redeemed
+    assert client.get("/whoami").json == {"authenticated": False}
+    reason = audit_events(app, "auth.signin.refused")[-1]["details"]["reason"]
+    assert reason == "id_token.signature"
