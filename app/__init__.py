@@ -28,6 +28,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update({k: v for k, v in overrides.items() if not isinstance(v, str)})
 
     register_extensions(app)
+    sync_builtin_providers(app)
     register_blueprints(app)
     register_error_handlers(app)
     register_security_headers(app)
@@ -67,6 +68,27 @@ def register_extensions(app: Flask) -> None:
 
     celery_init_app(app)
     init_cache(app)
+
+
+def sync_builtin_providers(app: Flask) -> None:
+    """Built-in Google/Microsoft providers come from the environment at start-up (DESIGN).
+
+    Skipped quietly before the first migration (no tables yet); two processes starting at
+    once may race on the unique row, and the loser simply finds it created."""
+    if not (app.config.get("GOOGLE_CLIENT_ID") or app.config.get("MICROSOFT_CLIENT_ID")):
+        return
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.extensions import db
+    from app.services import providers
+
+    with app.app_context():
+        try:
+            providers.sync_builtin_providers(app.config)
+            db.session.commit()
+        except SQLAlchemyError as error:
+            db.session.rollback()
+            app.logger.info("built-in providers not synced yet: %s", type(error).__name__)
 
 
 def _configure_sqlite(app: Flask) -> None:

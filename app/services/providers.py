@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app
+from sqlalchemy import bindparam
 from sqlalchemy import select
 
 from app.extensions import db
@@ -254,6 +256,47 @@ def builtin_fields(
     raise ValidationError("Built-in provider must be google or microsoft.", "builtin")
 
 
+def sync_builtin_providers(config: Mapping[str, Any]) -> list[str]:
+    """Create or update the built-in Google/Microsoft rows from GOOGLE_* / MICROSOFT_*
+    settings; returns the kinds changed. Their authorities are fixed public URLs, so no
+    outbound check runs here (start-up must not depend on DNS)."""
+    changed = []
+    for kind in ("google", "microsoft"):
+        client_id = config.get(f"{kind.upper()}_CLIENT_ID")
+        if not client_id:
+            continue
+        secret = config.get(f"{kind.upper()}_CLIENT_SECRET")
+        wanted = builtin_fields(kind, client_id=client_id, client_secret=secret)
+        row = db.session.scalar(select(SsoProvider).where(SsoProvider.builtin == kind))
+        if row is None:
+            row = SsoProvider(
+                builtin=kind,
+                account=None,
+                protocol=Protocol.OIDC.value,
+                display_name=wanted.display_name,
+                scheme=wanted.scheme,
+                scheme_key=scheme_key(wanted.scheme),
+                authority=wanted.authority,
+                client_id=client_id,
+                external_id_claim=wanted.external_id_claim,
+            )
+            db.session.add(row)
+        elif (
+            row.client_id == client_id
+            and row.authority == wanted.authority
+            and (secret is None or (row.client_secret_encrypted and client_secret(row) == secret))
+        ):
+            continue
+        else:
+            row.client_id, row.authority = client_id, wanted.authority
+            row.version += 1
+        if secret:
+            row.client_secret_encrypted = crypto.encrypt(secret)
+        changed.append(kind)
+    db.session.flush()
+    return changed
+
+
 def get_provider(provider_id: uuid.UUID | str) -> SsoProvider:
     try:
         key = provider_id if isinstance(provider_id, uuid.UUID) else uuid.UUID(str(provider_id))
@@ -280,20 +323,32 @@ def list_providers(account_id: int | None = None) -> list[SsoProvider]:
     return list(db.session.scalars(query))
 
 
+# /login runs one of these on every page view: built once (building a statement costs more
+# than running it).
+_LOGIN_BUTTONS_ORDER = (SsoProvider.builtin.is_(None), SsoProvider.display_name)
+_ENABLED_FOR_LOGIN = (SsoProvider.enabled.is_(True), SsoProvider.protocol != "saml")
+_BUILTIN_BUTTONS = (
+    select(SsoProvider)
+    .where(*_ENABLED_FOR_LOGIN, SsoProvider.builtin.is_not(None))
+    .order_by(*_LOGIN_BUTTONS_ORDER)
+)
+_ACCOUNT_BUTTONS = (
+    select(SsoProvider)
+    .where(
+        *_ENABLED_FOR_LOGIN,
+        (SsoProvider.builtin.is_not(None))
+        | ((SsoProvider.account_id == bindparam("account_id")) & SsoProvider.visible.is_(True)),
+    )
+    .order_by(*_LOGIN_BUTTONS_ORDER)
+)
+
+
 def login_buttons(account_id: int | None) -> list[SsoProvider]:
     """Providers shown on /login: enabled built-ins, plus the account's enabled and visible
     ones when an account is named."""
-    query = select(SsoProvider).where(SsoProvider.enabled.is_(True), SsoProvider.protocol != "saml")
     if account_id is None:
-        query = query.where(SsoProvider.builtin.is_not(None))
-    else:
-        query = query.where(
-            (SsoProvider.builtin.is_not(None))
-            | ((SsoProvider.account_id == account_id) & SsoProvider.visible.is_(True))
-        )
-    return list(
-        db.session.scalars(query.order_by(SsoProvider.builtin.is_(None), SsoProvider.display_name))
-    )
+        return list(db.session.scalars(_BUILTIN_BUTTONS))
+    return list(db.session.scalars(_ACCOUNT_BUTTONS, {"account_id": account_id}))
 
 
 def set_enabled(
