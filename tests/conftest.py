@@ -153,8 +153,10 @@ def app(config) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def make_app(config) -> Iterator:
-    """More app instances on the test database (another web process); closed at the end."""
+def make_app(config, app) -> Iterator:
+    """More app instances on the test database (another web process); closed at the end.
+
+    Depends on ``app`` so that whatever they write is emptied after the test too."""
     made: list[Flask] = []
 
     def _make(**changes: str) -> Flask:
