@@ -13,7 +13,8 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "default-src 'self'",
         "script-src 'self'",
         "style-src 'self'",
-        "img-src 'self' data: https:",
+        # Provider icons are admin-entered http(s) URLs (product documents allow both).
+        "img-src 'self' data: https: http:",
         "object-src 'none'",
         "base-uri 'none'",
         "frame-ancestors 'none'",
