@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from app.cache import get_cache
 from app.extensions import db
 from app.models import Protocol
@@ -163,12 +165,18 @@ def provider_keys(provider: SsoProvider) -> ProviderKeys:
         return ProviderKeys(cached["discovery"], cached["jwks"])
     record = provider.metadata_record
     if record is None or not record.discovery or record.jwks is None:
-        outcome = refresh_provider_metadata(provider)
-        # Commit here: the fetched copy must survive even if the sign-in is refused.
-        db.session.commit()
-        if not outcome.ok:
-            raise MetadataUnavailable(outcome.error or "metadata unavailable")
+        try:
+            outcome = refresh_provider_metadata(provider)
+            # Commit here: the fetched copy must survive even if the sign-in is refused.
+            db.session.commit()
+        except IntegrityError:
+            # Several first sign-ins at once: another process stored the copy first.
+            db.session.rollback()
+            db.session.refresh(provider)
+            outcome = RefreshOutcome(ok=provider.metadata_record is not None)
         record = provider.metadata_record
+        if not outcome.ok or record is None or not record.discovery or record.jwks is None:
+            raise MetadataUnavailable(outcome.error or "metadata unavailable")
     keys = ProviderKeys(record.discovery, record.jwks)
     cache.set(_cache_key(provider), {"discovery": keys.discovery, "jwks": keys.jwks}, CACHE_TTL)
     return keys

@@ -172,16 +172,17 @@ def _callback(scheme: str):
         db.session.commit()
         signins.labels(provider.protocol, "refused").inc()
         return refusal_page(failure.status, failure.message)
+    method = provider.protocol  # read before the commit expires the row
     sign_in(
         resolved.user,
-        auth_method=provider.protocol,
+        auth_method=method,
         provider_id=provider.id,
         idp_sid=result.identity.sid,
         idp_subject=result.identity.subject,
         id_token_encrypted=crypto.encrypt(result.id_token) if result.id_token else None,
     )
     db.session.commit()
-    signins.labels(provider.protocol, "succeeded").inc()
+    signins.labels(method, "succeeded").inc()
     return redirect(safe_next(flow.get("next")) or url_for("home.index"), code=303)
 
 
