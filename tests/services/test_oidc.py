@@ -180,3 +180,22 @@ def test_expired_flow_is_refused_before_any_call(app, provider, monkeypatch):
             oidc.complete(row, {"code": "c", "state": request.state}, flow)
     assert failure.value.check == "state_expired"
     assert fake.calls == []
+
+
+def test_expired_id_token_gets_the_clock_skew_page_and_no_userinfo_call(app, provider, monkeypatch):
+    class ExpiredIdp(FakeIdp):
+        def __call__(self, url, **kwargs):
+            if url.endswith("/token"):
+                self.calls.append({"url": url})
+                past = int(time.time()) - 3600
+                token = _id_token(self.nonce, iat=past - 300, exp=past)
+                body = {"access_token": "at-1", "token_type": "Bearer", "id_token": token}
+                return outbound.OutboundResponse(200, {}, json.dumps(body).encode(), url)
+            return super().__call__(url, **kwargs)
+
+    fake = ExpiredIdp()
+    with pytest.raises(oidc.SignInFailed) as failure:
+        _run_code_flow(app, provider(), fake, monkeypatch)
+    assert failure.value.check == "id_token.exp"
+    assert "clocks" in failure.value.user_message
+    assert [c["url"].rsplit("/", 1)[1] for c in fake.calls] == ["token"]
