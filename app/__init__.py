@@ -59,6 +59,7 @@ def register_extensions(app: Flask) -> None:
     _configure_sqlite(app)
     migrate.init_app(app, db, directory=str(Path(__file__).parent.parent / "migrations"))
     csrf.init_app(app)
+    _use_swept_memory_storage(app)
     limiter.init_app(app)
     app.session_interface = DatabaseSessionInterface()
 
@@ -89,6 +90,16 @@ def sync_builtin_providers(app: Flask) -> None:
         except SQLAlchemyError as error:
             db.session.rollback()
             app.logger.info("built-in providers not synced yet: %s", type(error).__name__)
+
+
+def _use_swept_memory_storage(app: Flask) -> None:
+    """Without Redis, the limiter keeps its counters in memory: in SweptMemoryStorage, which
+    is limits' MemoryStorage minus a thread started per sign-in attempt (app/ratelimit.py)."""
+    from app.ratelimit import MEMORY_URI
+    from app.ratelimit import SWEPT_MEMORY_URI
+
+    if app.config.get("RATELIMIT_STORAGE_URI") == MEMORY_URI:
+        app.config["RATELIMIT_STORAGE_URI"] = SWEPT_MEMORY_URI
 
 
 def _configure_sqlite(app: Flask) -> None:

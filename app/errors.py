@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Flask
 from flask import g
@@ -14,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 
 from app.extensions import db
+from app.extensions import limiter
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,15 @@ def render_error(status: int, message: str | None = None, title: str | None = No
     )
 
 
+def _retry_after() -> int:
+    """Seconds until the breached rate limit's window resets (Flask-Limiter's own figure for
+    its header, at least 1)."""
+    breached = limiter.current_limit
+    if breached is None:  # pragma: no cover - a 429 raised by something else than the limiter
+        return 60
+    return max(1, int(breached.reset_at - time.time()))
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError):
@@ -73,6 +84,8 @@ def register(app: Flask) -> None:
         allowed = getattr(error, "valid_methods", None)
         if status == 405 and allowed:
             response.headers["Allow"] = ", ".join(allowed)
+        if status == 429:
+            response.headers["Retry-After"] = str(_retry_after())
         return response
 
     @app.errorhandler(Exception)

@@ -22,21 +22,40 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 
 
+# Added unless the view set its own (e.g. a page meant to be framed by an IdP).
+DEFAULT_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Permissions-Policy", "camera=(), microphone=(), geolocation=()"),
+)
+HSTS = ("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+# Pages show personal data: never kept by a shared cache or the back button.
+NO_STORE = ("Cache-Control", "no-store")
+
+
 def register(app: Flask) -> None:
-    hsts = (app.config.get("PUBLIC_URL") or "").startswith("https://")
+    defaults = DEFAULT_HEADERS + ((HSTS,) if _https(app) else ())
+    # (lower-cased name, name, value): one pass over the response's headers per request,
+    # not one per header.
+    defaults_lower = tuple((name.lower(), name, value) for name, value in defaults)
+    no_store_lower = (NO_STORE[0].lower(), *NO_STORE)
 
     @app.after_request
     def add_security_headers(response):
         headers = response.headers
-        headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers["X-Content-Type-Options"] = "nosniff"
-        headers.setdefault("Referrer-Policy", "no-referrer")
-        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
-        if hsts:
-            headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
-        if request.endpoint != "static":
-            # Pages show personal data: never kept by a shared cache or the back button.
-            headers.setdefault("Cache-Control", "no-store")
+        present = {key.lower() for key, _ in headers.items()}
+        missing = [(name, value) for lower, name, value in defaults_lower if lower not in present]
+        if request.endpoint != "static" and no_store_lower[0] not in present:
+            missing.append(no_store_lower[1:])
+        if "x-content-type-options" in present:
+            headers["X-Content-Type-Options"] = "nosniff"
+        else:
+            missing.append(("X-Content-Type-Options", "nosniff"))
+        headers.extend(missing)
         return response
+
+
+def _https(app: Flask) -> bool:
+    return (app.config.get("PUBLIC_URL") or "").startswith("https://")

@@ -7,6 +7,7 @@ a ``next`` URL). Sign-in replaces the row with a new one under a new id (see sig
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from flask import Flask
@@ -32,15 +33,21 @@ class ServerSession(CallbackDict, SessionMixin):
     """The dict a view sees as ``flask.session``, plus what is known of the row behind it.
 
     The row's id, user, payload and last_seen_at are copied when the request starts (or at
-    sign-in), so saving at the end needs no reload of a row the view's commit expired.
+    sign-in), so saving at the end needs no reload of a row the view's commit expired. The
+    ORM object (``record``) is loaded only when a view asks for it.
     """
 
-    def __init__(self, initial: dict[str, Any] | None = None, record: Session | None = None):
+    def __init__(
+        self,
+        initial: dict[str, Any] | None = None,
+        record: Session | sessions.LiveSession | None = None,
+    ):
         def on_update(_self: ServerSession) -> None:
             _self.modified = True
 
         super().__init__(initial or {}, on_update)
         self.modified = False
+        self._record: Session | None = None
         self.bind(record)
         # Set by sign_in() (new cookie) and sign_out() (cookie removed).
         self.new_token: str | None = None
@@ -48,12 +55,20 @@ class ServerSession(CallbackDict, SessionMixin):
         # True when the request presented a cookie that no longer maps to a live session.
         self.stale_cookie = False
 
-    def bind(self, record: Session | None) -> None:
-        self.record = record
+    def bind(self, record: Session | sessions.LiveSession | None) -> None:
+        """Take the snapshots of ``record`` (an ORM row or what find_live read)."""
+        self._record = record if isinstance(record, Session) else None
         self.record_id = record.id if record is not None else None
         self.user_id = record.user_id if record is not None else None
         self.last_seen = record.last_seen_at if record is not None else None
         self.saved = _fingerprint(dict(self)) if record is not None else None
+
+    @property
+    def record(self) -> Session | None:
+        """The session row as an ORM object, loaded on first use."""
+        if self._record is None and self.record_id is not None:
+            self._record = db.session.get(Session, self.record_id)
+        return self._record
 
 
 class DatabaseSessionInterface(SessionInterface):
@@ -61,14 +76,14 @@ class DatabaseSessionInterface(SessionInterface):
         token = request.cookies.get(app.config["SESSION_COOKIE_NAME"])
         if not token:
             return ServerSession()
-        record = sessions.find_live_session(token)
-        if record is None:
+        live = sessions.find_live(token)
+        if live is None:
             session = ServerSession()
             session.stale_cookie = True
-            # find_live_session may have marked the row expired: keep that fact.
+            # find_live may have marked the row expired: keep that fact.
             db.session.commit()
             return session
-        return ServerSession(dict(record.data or {}), record)
+        return ServerSession(dict(live.data or {}), live)
 
     def save_session(self, app: Flask, session: ServerSession, response: Response) -> None:
         name = self.get_cookie_name(app)
@@ -88,10 +103,10 @@ class DatabaseSessionInterface(SessionInterface):
                     response.delete_cookie(name, **cookie)
                 return
             # Anonymous data to keep (including a flash after sign-out): a fresh row and id.
-            record, session.new_token = sessions.create_session(
+            values, session.new_token = sessions.insert_session(
                 data=dict(session), ip_address=_client_ip(), user_agent=_user_agent()
             )
-            session.bind(record)
+            session.bind(sessions.LiveSession.of(values))
             db.session.commit()
         else:
             data = dict(session)
@@ -132,30 +147,50 @@ def sign_in(
     idp_subject: str | None = None,
     id_token_encrypted: str | None = None,
 ) -> Session:
-    """Bind the request's browser to ``user`` under a brand-new session id.
+    """Bind the request's browser to ``user`` under a brand-new session id; returns the new
+    row.
 
     The payload of the anonymous session (``next``, flow state) is carried over; the CSRF
     token is not, so a token seen before sign-in is useless after it.
     """
+    values = _rotate(
+        user.id,
+        auth_method=auth_method,
+        provider_id=provider_id,
+        idp_sid=idp_sid,
+        idp_subject=idp_subject,
+        id_token_encrypted=id_token_encrypted,
+    )
+    record = sessions.attach(values)
+    flask_session.bind(record)  # type: ignore[attr-defined]
+    return record
+
+
+def sign_in_without_record(user_id: uuid.UUID, *, auth_method: str) -> None:
+    """sign_in() for a caller that has no use for the new row as an ORM object, nor for the
+    user as one (the password sign-in): building and tracking those objects is a measurable
+    share of its CPU. A view that asks for current_record() afterwards gets the row loaded."""
+    _rotate(user_id, auth_method=auth_method)
+
+
+def _rotate(user_id: uuid.UUID, *, auth_method: str, **federated: Any) -> dict[str, Any]:
     session: ServerSession = flask_session  # type: ignore[assignment]
     data = {key: value for key, value in session.items() if key != "csrf_token"}
-    record, token = sessions.start_authenticated_session(
-        session.record,
-        user,
+    values, token = sessions.rotate(
+        # The row itself when a view loaded it (so that object sees the revocation too).
+        session._record or session.record_id,
+        user_id,
         auth_method=auth_method,
         data=data,
         ip_address=_client_ip(),
         user_agent=_user_agent(),
+        **federated,
     )
-    record.provider_id = provider_id
-    record.idp_sid = idp_sid
-    record.idp_subject = idp_subject
-    record.id_token_encrypted = id_token_encrypted
     session.clear()
     session.update(data)
-    session.bind(record)
+    session.bind(sessions.LiveSession.of(values))
     session.new_token = token
-    return record
+    return values
 
 
 def sign_out(reason: str = "signed_out") -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import http.client
 import multiprocessing
 import os
 import platform
@@ -47,7 +46,6 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from dataclasses import field
-from http.cookies import SimpleCookie
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,25 +258,49 @@ def cpu_seconds(pids: list[int]) -> float | None:
 def request(
     port: int, method: str, path: str, *, cookie: str | None = None, body: str | None = None
 ) -> tuple[int, dict[str, str], str]:
-    """One request on its own connection (gunicorn's sync workers close after each answer)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        headers = {"User-Agent": "keyward-bench/1"}
-        if cookie:
-            headers["Cookie"] = f"{COOKIE_NAME}={cookie}"
-        if body is not None:
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-        conn.request(method, path, body=body, headers=headers)
-        response = conn.getresponse()
-        text = response.read().decode("utf-8", "replace")
-        cookies: dict[str, str] = {}
-        for header in response.headers.get_all("Set-Cookie") or []:
-            jar = SimpleCookie()
-            jar.load(header)
-            cookies.update({name: morsel.value for name, morsel in jar.items()})
-        return response.status, cookies, text
-    finally:
-        conn.close()
+    """One request on its own connection (gunicorn's sync workers close after each answer).
+
+    A minimal HTTP/1.1 client on a plain socket: the load generator runs on the cores it
+    measures, and http.client (email.parser for the headers) with http.cookies cost about
+    twice its CPU. The answer is read to the end of the connection; a body whose length
+    differs from Content-Length, or a chunked one, is an error.
+    """
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "User-Agent: keyward-bench/1",
+        "Connection: close",
+    ]
+    payload = b""
+    if cookie:
+        lines.append(f"Cookie: {COOKIE_NAME}={cookie}")
+    if body is not None:
+        payload = body.encode()
+        lines.append("Content-Type: application/x-www-form-urlencoded")
+        lines.append(f"Content-Length: {len(payload)}")
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, content = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split(" ", 2)[1])
+    cookies: dict[str, str] = {}
+    length = None
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "set-cookie":
+            key, _, cookie_value = value.strip().split(";", 1)[0].partition("=")
+            cookies[key] = cookie_value
+        elif name == "content-length":
+            length = int(value)
+        elif name == "transfer-encoding":
+            raise OSError(f"unexpected Transfer-Encoding: {value.strip()}")
+    if length is not None and length != len(content):
+        raise OSError(f"body of {len(content)} bytes, Content-Length {length}")
+    return status, cookies, content.decode("utf-8", "replace")
 
 
 @dataclass

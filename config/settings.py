@@ -144,7 +144,10 @@ class BaseConfig:
         # Flask-WTF: the token lives in the server-side session; tie its lifetime to it.
         self.WTF_CSRF_TIME_LIMIT = None
         self.RATELIMIT_STORAGE_URI = self.REDIS_URL or "memory://"
-        self.RATELIMIT_HEADERS_ENABLED = True
+        # No X-RateLimit-* headers on every sign-in answer: they cost counter reads on each POST
+        # and tell a guesser how many tries are left. A 429 still says when to come back
+        # (Retry-After, set by app/errors.py).
+        self.RATELIMIT_HEADERS_ENABLED = False
         self.RATELIMIT_STRATEGY = "fixed-window"
         # A Redis outage must not lock everyone out of password sign-in; the limiter then
         # falls back to per-process memory and says so in the log.

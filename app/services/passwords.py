@@ -9,6 +9,7 @@ from argon2 import PasswordHasher
 from argon2 import Type
 from argon2.exceptions import InvalidHashError
 from argon2.exceptions import VerificationError
+from argon2.low_level import ARGON2_VERSION
 from flask import current_app
 
 from app.services.errors import ValidationError
@@ -52,10 +53,35 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 
 def needs_rehash(password_hash: str) -> bool:
     """True when the stored hash was made with other parameters than today's settings."""
+    hasher = _hasher()
+    # Every sign-in asks: a hash in today's exact shape is answered without parsing it.
+    prefix, salt_chars, hash_chars = _current_shape(hasher)
+    if password_hash.startswith(prefix):
+        salt, _, digest = password_hash[len(prefix) :].partition("$")
+        if (len(salt), len(digest)) == (salt_chars, hash_chars):
+            return False
     try:
-        return _hasher().check_needs_rehash(password_hash)
+        return hasher.check_needs_rehash(password_hash)
     except InvalidHashError:
         return True
+
+
+def _current_shape(hasher: PasswordHasher) -> tuple[str, int, int]:
+    """How a hash made today starts, and the lengths of its salt and digest (unpadded
+    base64): the encoded form of every parameter check_needs_rehash compares."""
+    shape = current_app.extensions.get("keyward.password_hash_shape")
+    if shape is None:
+        prefix = (
+            f"$argon2id$v={ARGON2_VERSION}"
+            f"$m={hasher.memory_cost},t={hasher.time_cost},p={hasher.parallelism}$"
+        )
+        shape = (prefix, _base64_chars(hasher.salt_len), _base64_chars(hasher.hash_len))
+        current_app.extensions["keyward.password_hash_shape"] = shape
+    return shape
+
+
+def _base64_chars(size: int) -> int:
+    return (4 * size + 2) // 3
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from flask import current_app
@@ -323,32 +324,50 @@ def list_providers(account_id: int | None = None) -> list[SsoProvider]:
     return list(db.session.scalars(query))
 
 
+class LoginButton(NamedTuple):
+    """What /login shows of a provider (its button)."""
+
+    id: uuid.UUID
+    account_id: int | None
+    display_name: str
+    icon_url: str | None
+
+
 # /login runs one of these on every page view: built once (building a statement costs more
-# than running it).
-_LOGIN_BUTTONS_ORDER = (SsoProvider.builtin.is_(None), SsoProvider.display_name)
-_ENABLED_FOR_LOGIN = (SsoProvider.enabled.is_(True), SsoProvider.protocol != "saml")
+# than running it), and read as plain rows (no ORM objects for a page that only shows them).
+_providers = SsoProvider.__table__
+_LOGIN_BUTTON_COLUMNS = (
+    _providers.c.id,
+    _providers.c.account_id,
+    _providers.c.display_name,
+    _providers.c.icon_url,
+)
+_LOGIN_BUTTONS_ORDER = (_providers.c.builtin.is_(None), _providers.c.display_name)
+_ENABLED_FOR_LOGIN = (_providers.c.enabled.is_(True), _providers.c.protocol != "saml")
 _BUILTIN_BUTTONS = (
-    select(SsoProvider)
-    .where(*_ENABLED_FOR_LOGIN, SsoProvider.builtin.is_not(None))
+    select(*_LOGIN_BUTTON_COLUMNS)
+    .where(*_ENABLED_FOR_LOGIN, _providers.c.builtin.is_not(None))
     .order_by(*_LOGIN_BUTTONS_ORDER)
 )
 _ACCOUNT_BUTTONS = (
-    select(SsoProvider)
+    select(*_LOGIN_BUTTON_COLUMNS)
     .where(
         *_ENABLED_FOR_LOGIN,
-        (SsoProvider.builtin.is_not(None))
-        | ((SsoProvider.account_id == bindparam("account_id")) & SsoProvider.visible.is_(True)),
+        (_providers.c.builtin.is_not(None))
+        | ((_providers.c.account_id == bindparam("account_id")) & _providers.c.visible.is_(True)),
     )
     .order_by(*_LOGIN_BUTTONS_ORDER)
 )
 
 
-def login_buttons(account_id: int | None) -> list[SsoProvider]:
+def login_buttons(account_id: int | None) -> list[LoginButton]:
     """Providers shown on /login: enabled built-ins, plus the account's enabled and visible
     ones when an account is named."""
     if account_id is None:
-        return list(db.session.scalars(_BUILTIN_BUTTONS))
-    return list(db.session.scalars(_ACCOUNT_BUTTONS, {"account_id": account_id}))
+        rows = db.session.connection().execute(_BUILTIN_BUTTONS)
+    else:
+        rows = db.session.connection().execute(_ACCOUNT_BUTTONS, {"account_id": account_id})
+    return [LoginButton(*row) for row in rows]
 
 
 def set_enabled(

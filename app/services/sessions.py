@@ -2,6 +2,11 @@
 
 The cookie carries a random token; rows store its SHA-256. Every request reads the row, so a
 revocation written by any process takes effect on the next request everywhere.
+
+The statements that run on every request (look-up, insert, revoke, save) are built once, at
+import, and run on the ORM session's connection: building a statement and its cache key costs
+several times more than executing it, and a request that only needs the row's id, user and
+payload has no use for an ORM object (``ServerSession.record`` loads one when a view asks).
 """
 
 from __future__ import annotations
@@ -12,13 +17,17 @@ import uuid
 from datetime import datetime
 from datetime import timedelta
 from typing import Any
+from typing import NamedTuple
 
 from flask import current_app
+from sqlalchemy import bindparam
 from sqlalchemy import delete
 from sqlalchemy import func
+from sqlalchemy import insert
 from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import update
+from sqlalchemy.orm import make_transient_to_detached
 
 from app.extensions import db
 from app.models import Session
@@ -32,6 +41,67 @@ from app.services.errors import NotFound
 TOUCH_INTERVAL = timedelta(seconds=60)
 # Revoked and expired rows are kept this long for the "Your sessions" history and forensics.
 RETENTION_AFTER_END = timedelta(days=7)
+
+_sessions = Session.__table__
+_users = User.__table__
+
+
+class LiveSession(NamedTuple):
+    """What a request needs of its live session row (see find_live)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID | None
+    data: dict[str, Any] | None
+    created_at: datetime
+    last_seen_at: datetime
+    authenticated_at: datetime | None
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> LiveSession:
+        """The snapshot of a row from its column values (what insert_session returns)."""
+        return cls(*(values[name] for name in cls._fields))
+
+
+# One row: the live session and whether its user is active (the columns of LiveSession first).
+_FIND_LIVE = (
+    select(
+        _sessions.c.id,
+        _sessions.c.user_id,
+        _sessions.c.data,
+        _sessions.c.created_at,
+        _sessions.c.last_seen_at,
+        _sessions.c.authenticated_at,
+        _users.c.active,
+    )
+    .select_from(_sessions.outerjoin(_users, _sessions.c.user_id == _users.c.id))
+    .where(_sessions.c.token_hash == bindparam("token_hash"), _sessions.c.revoked_at.is_(None))
+)
+_INSERT = insert(_sessions)
+_REVOKE = (
+    update(_sessions)
+    .where(_sessions.c.id == bindparam("session_id"), _sessions.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("now"), revoked_reason=bindparam("reason"))
+)
+_SAVE_DATA = (
+    update(_sessions)
+    .where(_sessions.c.id == bindparam("session_id"))
+    .values(data=bindparam("new_data"))
+)
+_SAVE_DATA_AND_TOUCH = (
+    update(_sessions)
+    .where(_sessions.c.id == bindparam("session_id"))
+    .values(data=bindparam("new_data"), last_seen_at=bindparam("now"))
+)
+_TOUCH = (
+    update(_sessions)
+    .where(_sessions.c.id == bindparam("session_id"))
+    .values(last_seen_at=bindparam("now"))
+)
+
+
+def _execute(statement, parameters: dict[str, Any]):
+    """Run a prebuilt statement in the ORM session's transaction."""
+    return db.session.connection().execute(statement, parameters)
 
 
 def new_token() -> str:
@@ -47,7 +117,7 @@ def _seconds(name: str) -> timedelta:
     return timedelta(seconds=current_app.config[name])
 
 
-def expiry_reason(record: Session, now: datetime) -> str | None:
+def expiry_reason(record: Session | LiveSession, now: datetime) -> str | None:
     """Why the session has timed out ("idle_timeout", "absolute_timeout"), or None."""
     if record.user_id is None:
         if now - record.last_seen_at > _seconds("ANONYMOUS_SESSION_TIMEOUT"):
@@ -61,31 +131,77 @@ def expiry_reason(record: Session, now: datetime) -> str | None:
     return None
 
 
-def find_live_session(token: str, *, now: datetime | None = None) -> Session | None:
+def find_live(token: str, *, now: datetime | None = None) -> LiveSession | None:
     """The live session for a cookie token, or None.
 
-    A session found expired, or whose user is deactivated, is revoked on the spot.
+    A session found expired, or whose user is deactivated, is revoked on the spot (in the
+    caller's transaction).
     """
     if not token or len(token) > 128:
         return None
     now = now or utcnow()
-    # One query for the session and its user: this runs on every request with a cookie, and
-    # the user it loads is the one Flask-Login then finds in the identity map.
-    row = db.session.execute(
-        select(Session, User)
-        .outerjoin(User, Session.user_id == User.id)
-        .where(Session.token_hash == hash_token(token), Session.revoked_at.is_(None))
-    ).first()
+    row = _execute(_FIND_LIVE, {"token_hash": hash_token(token)}).first()
     if row is None:
         return None
-    record, user = row
-    reason = expiry_reason(record, now)
-    if reason is None and user is not None and not user.active:
+    live = LiveSession(*row[:6])
+    reason = expiry_reason(live, now)
+    if reason is None and live.user_id is not None and not row[6]:
         reason = "user_inactive"
     if reason is not None:
-        record.revoked_at = now
-        record.revoked_reason = reason
+        revoke_id(live.id, reason, now=now)
         return None
+    return live
+
+
+def find_live_session(token: str, *, now: datetime | None = None) -> Session | None:
+    """The live session row for a cookie token, or None (find_live, as an ORM object)."""
+    live = find_live(token, now=now)
+    return db.session.get(Session, live.id) if live is not None else None
+
+
+def insert_session(
+    *,
+    data: dict[str, Any],
+    user_id: uuid.UUID | None = None,
+    auth_method: str | None = None,
+    ip_address: str | None = None,
+    user_agent: str | None = None,
+    provider_id: uuid.UUID | None = None,
+    idp_sid: str | None = None,
+    idp_subject: str | None = None,
+    id_token_encrypted: str | None = None,
+) -> tuple[dict[str, Any], str]:
+    """Insert a new session row (one statement, no ORM object); returns its column values
+    and the token for the cookie."""
+    now = utcnow()
+    token = new_token()
+    values = {
+        "id": uuid.uuid4(),
+        "token_hash": hash_token(token),
+        "user_id": user_id,
+        "data": dict(data),
+        "created_at": now,
+        "last_seen_at": now,
+        "authenticated_at": now if user_id is not None else None,
+        "auth_method": auth_method,
+        "provider_id": provider_id,
+        "idp_sid": idp_sid,
+        "idp_subject": idp_subject,
+        "id_token_encrypted": id_token_encrypted,
+        "ip_address": ip_address,
+        "user_agent": (user_agent or "")[:512] or None,
+        "revoked_at": None,
+        "revoked_reason": None,
+    }
+    _execute(_INSERT, values)
+    return values, token
+
+
+def attach(values: dict[str, Any]) -> Session:
+    """The ORM object of a row insert_session has just written, without reading it back."""
+    record = Session(**values)
+    make_transient_to_detached(record)
+    db.session.add(record)
     return record
 
 
@@ -96,50 +212,89 @@ def create_session(
     auth_method: str | None = None,
     ip_address: str | None = None,
     user_agent: str | None = None,
+    provider_id: uuid.UUID | None = None,
+    idp_sid: str | None = None,
+    idp_subject: str | None = None,
+    id_token_encrypted: str | None = None,
 ) -> tuple[Session, str]:
     """Add a new session row; returns it with the token for the cookie."""
-    now = utcnow()
-    token = new_token()
-    record = Session(
-        token_hash=hash_token(token),
+    values, token = insert_session(
+        data=data,
         user_id=user.id if user is not None else None,
-        data=dict(data),
-        created_at=now,
-        last_seen_at=now,
-        authenticated_at=now if user is not None else None,
         auth_method=auth_method,
         ip_address=ip_address,
-        user_agent=(user_agent or "")[:512] or None,
+        user_agent=user_agent,
+        provider_id=provider_id,
+        idp_sid=idp_sid,
+        idp_subject=idp_subject,
+        id_token_encrypted=id_token_encrypted,
     )
-    db.session.add(record)
-    db.session.flush()
-    return record, token
+    return attach(values), token
+
+
+def rotate(
+    previous: Session | uuid.UUID | None,
+    user_id: uuid.UUID,
+    *,
+    auth_method: str,
+    data: dict[str, Any],
+    ip_address: str | None,
+    user_agent: str | None,
+    provider_id: uuid.UUID | None = None,
+    idp_sid: str | None = None,
+    idp_subject: str | None = None,
+    id_token_encrypted: str | None = None,
+) -> tuple[dict[str, Any], str]:
+    """start_authenticated_session() without the ORM object: returns the new row's column
+    values and the token for the cookie."""
+    if isinstance(previous, Session):
+        revoke(previous, "rotated")
+    elif previous is not None:
+        revoke_id(previous, "rotated")
+    return insert_session(
+        data=data,
+        user_id=user_id,
+        auth_method=auth_method,
+        ip_address=ip_address,
+        user_agent=user_agent,
+        provider_id=provider_id,
+        idp_sid=idp_sid,
+        idp_subject=idp_subject,
+        id_token_encrypted=id_token_encrypted,
+    )
 
 
 def start_authenticated_session(
-    previous: Session | None,
+    previous: Session | uuid.UUID | None,
     user: User,
     *,
     auth_method: str,
     data: dict[str, Any],
     ip_address: str | None,
     user_agent: str | None,
+    provider_id: uuid.UUID | None = None,
+    idp_sid: str | None = None,
+    idp_subject: str | None = None,
+    id_token_encrypted: str | None = None,
 ) -> tuple[Session, str]:
     """Bind a sign-in to a brand-new session id (session fixation defence).
 
-    The previous row (anonymous or another user's) is revoked, never reused; its payload is
-    carried over by the caller as ``data``.
+    The previous row (anonymous or another user's; the object or its id) is revoked, never
+    reused; its payload is carried over by the caller as ``data``.
     """
-    if previous is not None and previous.revoked_at is None:
-        previous.revoked_at = utcnow()
-        previous.revoked_reason = "rotated"
-    return create_session(
-        data=data,
-        user=user,
+    values, token = rotate(
+        previous,
+        user.id,
         auth_method=auth_method,
+        data=data,
         ip_address=ip_address,
         user_agent=user_agent,
+        provider_id=provider_id,
+        idp_sid=idp_sid,
+        idp_subject=idp_subject,
+        id_token_encrypted=id_token_encrypted,
     )
+    return attach(values), token
 
 
 def save_changes(
@@ -152,26 +307,27 @@ def save_changes(
     """Write a changed payload and/or move last_seen_at forward (at most every
     TOUCH_INTERVAL) in one UPDATE by id; True when something was written."""
     now = now or utcnow()
-    values: dict[str, Any] = {}
+    touch = last_seen is None or now - last_seen >= TOUCH_INTERVAL
     if data is not None:
-        values["data"] = data
-    if last_seen is None or now - last_seen >= TOUCH_INTERVAL:
-        values["last_seen_at"] = now
-    if not values:
-        return False
-    db.session.execute(
-        update(Session)
-        .where(Session.id == session_id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return True
+        statement = _SAVE_DATA_AND_TOUCH if touch else _SAVE_DATA
+        _execute(statement, {"session_id": session_id, "new_data": data, "now": now})
+        return True
+    if touch:
+        _execute(_TOUCH, {"session_id": session_id, "now": now})
+        return True
+    return False
 
 
 def revoke(record: Session, reason: str) -> None:
     if record.revoked_at is None:
         record.revoked_at = utcnow()
         record.revoked_reason = reason
+
+
+def revoke_id(session_id: uuid.UUID, reason: str, *, now: datetime | None = None) -> bool:
+    """Revoke a live session by id in one UPDATE (no ORM object); True when it was live."""
+    result = _execute(_REVOKE, {"session_id": session_id, "now": now or utcnow(), "reason": reason})
+    return bool(result.rowcount)
 
 
 def revoke_user_sessions(user: User, *, reason: str, keep: uuid.UUID | None = None) -> int:

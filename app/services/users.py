@@ -8,10 +8,13 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from email_validator import EmailNotValidError
 from email_validator import validate_email
+from sqlalchemy import bindparam
 from sqlalchemy import select
+from sqlalchemy import update
 
 from app.extensions import db
 from app.models import User
@@ -39,12 +42,16 @@ def normalise_email(raw: str) -> str:
     return info.normalized.lower()
 
 
+# Built once: every password sign-in runs it (building a statement costs more than running it).
+_BY_EMAIL = select(User).where(User.email == bindparam("email"))
+
+
 def find_by_email(email: str) -> User | None:
     try:
         normalised = normalise_email(email)
     except ValidationError:
         return None
-    return db.session.scalar(select(User).where(User.email == normalised))
+    return db.session.scalars(_BY_EMAIL, {"email": normalised}).first()
 
 
 def get_user(user_id: uuid.UUID | str) -> User:
@@ -96,14 +103,42 @@ class SignInRefusal(enum.StrEnum):
     INACTIVE = "inactive"
 
 
+class Credentials(NamedTuple):
+    """What a password sign-in reads of a user (one row, no ORM object)."""
+
+    id: uuid.UUID
+    email: str
+    password_hash: str | None
+    active: bool
+
+
+_users = User.__table__
+# Built once: every password sign-in runs them (building a statement costs more than running it).
+_CREDENTIALS_BY_EMAIL = select(
+    _users.c.id, _users.c.email, _users.c.password_hash, _users.c.active
+).where(_users.c.email == bindparam("email"))
+_SET_PASSWORD_HASH = (
+    update(_users)
+    .where(_users.c.id == bindparam("user_id"))
+    .values(password_hash=bindparam("new_hash"), updated_at=bindparam("now"))
+)
+
+
 @dataclass
 class PasswordCheck:
-    user: User | None
+    """The outcome of check_password_sign_in. ``user`` is the ORM object, loaded when asked
+    for (the sign-in itself needs only ``user_id``)."""
+
+    user_id: uuid.UUID | None
     refusal: SignInRefusal | None
 
     @property
     def ok(self) -> bool:
         return self.refusal is None
+
+    @property
+    def user(self) -> User | None:
+        return db.session.get(User, self.user_id) if self.user_id is not None else None
 
 
 def check_password_sign_in(email: str, password: str, *, meta: audit.RequestMeta) -> PasswordCheck:
@@ -111,42 +146,58 @@ def check_password_sign_in(email: str, password: str, *, meta: audit.RequestMeta
 
     Every refusal costs one argon2 hash, whatever its reason, so timing tells nothing.
     """
-    user = find_by_email(email)
-    if user is None:
+    found = _credentials(email)
+    if found is None:
         passwords.verify_password(None, password)
-        result = PasswordCheck(None, SignInRefusal.UNKNOWN_EMAIL)
-    elif not passwords.verify_password(user.password_hash, password):
-        reason = (
-            SignInRefusal.NO_PASSWORD if user.password_hash is None else SignInRefusal.BAD_PASSWORD
-        )
-        result = PasswordCheck(user, reason)
-    elif not user.active:
-        result = PasswordCheck(user, SignInRefusal.INACTIVE)
+        refusal = SignInRefusal.UNKNOWN_EMAIL
+    elif not passwords.verify_password(found.password_hash, password):
+        no_password = found.password_hash is None
+        refusal = SignInRefusal.NO_PASSWORD if no_password else SignInRefusal.BAD_PASSWORD
+    elif not found.active:
+        refusal = SignInRefusal.INACTIVE
     else:
-        if passwords.needs_rehash(user.password_hash):
+        refusal = None
+        if passwords.needs_rehash(found.password_hash):
             # Upgrade old hashes to today's argon2 parameters while we hold the password.
-            user.password_hash = passwords.hash_password(password)
-        result = PasswordCheck(user, None)
-    if result.ok:
-        audit.record(
+            db.session.connection().execute(
+                _SET_PASSWORD_HASH,
+                {
+                    "user_id": found.id,
+                    "new_hash": passwords.hash_password(password),
+                    "now": utcnow(),
+                },
+            )
+    # Every sign-in attempt writes one of these rows: the ORM-free insert (see insert_now).
+    if refusal is None:
+        audit.insert_now(
             "auth.signin.succeeded",
-            actor=user,
+            actor=found,
             target_type="user",
-            target_id=user.id,
+            target_id=found.id,
             details={"method": "password"},
             meta=meta,
         )
     else:
-        audit.record(
+        audit.insert_now(
             "auth.signin.refused",
-            actor=result.user,
-            actor_label=None if result.user else _label(email),
-            target_type="user" if result.user else None,
-            target_id=result.user.id if result.user else None,
-            details={"method": "password", "reason": result.refusal.value},
+            actor=found,
+            actor_label=None if found else _label(email),
+            target_type="user" if found else None,
+            target_id=found.id if found else None,
+            details={"method": "password", "reason": refusal.value},
             meta=meta,
         )
-    return result
+    return PasswordCheck(found.id if found else None, refusal)
+
+
+def _credentials(email: str) -> Credentials | None:
+    """The sign-in columns of the user with this email (normalised like find_by_email)."""
+    try:
+        normalised = normalise_email(email)
+    except ValidationError:
+        return None
+    row = db.session.connection().execute(_CREDENTIALS_BY_EMAIL, {"email": normalised}).first()
+    return Credentials(*row) if row is not None else None
 
 
 def _label(email: str) -> str:

@@ -24,7 +24,7 @@ from app.services import providers
 from app.services import users
 from app.services.users import SignInRefusal
 from app.session_interface import current_record
-from app.session_interface import sign_in
+from app.session_interface import sign_in_without_record
 from app.session_interface import sign_out
 from app.web import request_meta
 from app.web import safe_next
@@ -45,6 +45,13 @@ def _login_email_key() -> str:
 
 def _failed(response) -> bool:
     return response.status_code >= 400
+
+
+@limiter.request_filter
+def _sign_in_page_view() -> bool:
+    """The sign-in limits below count POSTs only; without this filter the limiter would still
+    resolve them on every view of the page (its most viewed one) to find nothing to count."""
+    return request.endpoint == "auth.login" and request.method != "POST"
 
 
 def _render_login(
@@ -90,7 +97,7 @@ def login(slug: str | None = None):
         # One message for unknown email and wrong password: no account enumeration.
         return _render_login(form, account, 401, "Email or password is not correct.")
 
-    sign_in(check.user, auth_method="password")
+    sign_in_without_record(check.user_id, auth_method="password")
     db.session.commit()
     signins.labels("password", "succeeded").inc()
     return redirect(safe_next(form.next.data) or url_for("home.index"), code=303)
