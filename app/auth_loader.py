@@ -20,7 +20,7 @@ def load_user_from_session(_request):
     if user_id is None:
         return None
     user = db.session.get(User, user_id)
-    # A deactivated user keeps no session: find_live_session revokes it on the next request,
+    # A deactivated user keeps no session: find_live revokes it on the next request,
     # and this check covers the request during which the deactivation happened.
     if user is None or not user.active:
         return None

@@ -153,12 +153,6 @@ def find_live(token: str, *, now: datetime | None = None) -> LiveSession | None:
     return live
 
 
-def find_live_session(token: str, *, now: datetime | None = None) -> Session | None:
-    """The live session row for a cookie token, or None (find_live, as an ORM object)."""
-    live = find_live(token, now=now)
-    return db.session.get(Session, live.id) if live is not None else None
-
-
 def insert_session(
     *,
     data: dict[str, Any],
@@ -205,33 +199,6 @@ def attach(values: dict[str, Any]) -> Session:
     return record
 
 
-def create_session(
-    *,
-    data: dict[str, Any],
-    user: User | None = None,
-    auth_method: str | None = None,
-    ip_address: str | None = None,
-    user_agent: str | None = None,
-    provider_id: uuid.UUID | None = None,
-    idp_sid: str | None = None,
-    idp_subject: str | None = None,
-    id_token_encrypted: str | None = None,
-) -> tuple[Session, str]:
-    """Add a new session row; returns it with the token for the cookie."""
-    values, token = insert_session(
-        data=data,
-        user_id=user.id if user is not None else None,
-        auth_method=auth_method,
-        ip_address=ip_address,
-        user_agent=user_agent,
-        provider_id=provider_id,
-        idp_sid=idp_sid,
-        idp_subject=idp_subject,
-        id_token_encrypted=id_token_encrypted,
-    )
-    return attach(values), token
-
-
 def rotate(
     previous: Session | uuid.UUID | None,
     user_id: uuid.UUID,
@@ -245,8 +212,10 @@ def rotate(
     idp_subject: str | None = None,
     id_token_encrypted: str | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """start_authenticated_session() without the ORM object: returns the new row's column
-    values and the token for the cookie."""
+    """Bind a sign-in to a brand-new session id (session fixation defence): the previous row
+    (anonymous or another user's; the object or its id) is revoked, never reused, and its
+    payload is carried over by the caller as ``data``. Returns the new row's column values
+    and the token for the cookie."""
     if isinstance(previous, Session):
         revoke(previous, "rotated")
     elif previous is not None:
@@ -262,39 +231,6 @@ def rotate(
         idp_subject=idp_subject,
         id_token_encrypted=id_token_encrypted,
     )
-
-
-def start_authenticated_session(
-    previous: Session | uuid.UUID | None,
-    user: User,
-    *,
-    auth_method: str,
-    data: dict[str, Any],
-    ip_address: str | None,
-    user_agent: str | None,
-    provider_id: uuid.UUID | None = None,
-    idp_sid: str | None = None,
-    idp_subject: str | None = None,
-    id_token_encrypted: str | None = None,
-) -> tuple[Session, str]:
-    """Bind a sign-in to a brand-new session id (session fixation defence).
-
-    The previous row (anonymous or another user's; the object or its id) is revoked, never
-    reused; its payload is carried over by the caller as ``data``.
-    """
-    values, token = rotate(
-        previous,
-        user.id,
-        auth_method=auth_method,
-        data=data,
-        ip_address=ip_address,
-        user_agent=user_agent,
-        provider_id=provider_id,
-        idp_sid=idp_sid,
-        idp_subject=idp_subject,
-        id_token_encrypted=id_token_encrypted,
-    )
-    return attach(values), token
 
 
 def save_changes(
