@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.client
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import tempfile
@@ -26,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from tests.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = REPO_ROOT / ".venv" / "bin" / "gunicorn"
@@ -185,15 +186,7 @@ class LiveServer:
         """SIGTERM to the gunicorn arbiter we started, SIGKILL if it does not stop in time."""
         process, self.process = self.process, None
         try:
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=self.stop_timeout)
-            elif process is not None:
-                process.wait()
+            stop_process(process, self.stop_timeout)
         finally:
             if self._log is not None:
                 self._log.close()

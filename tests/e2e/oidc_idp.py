@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -39,6 +38,8 @@ from urllib.parse import urlsplit
 from urllib.parse import urlunsplit
 
 import requests
+
+from tests.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 IDP_DIR = Path(__file__).resolve().parent / "idp"
@@ -212,15 +213,7 @@ class OidcIdp:
         """SIGTERM to the node process we started, SIGKILL if it does not stop in time."""
         process, self.process = self.process, None
         try:
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=self.stop_timeout)
-            elif process is not None:
-                process.wait()
+            stop_process(process, self.stop_timeout)
         finally:
             for handle in (self._log, self._config_file):
                 if handle is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from flask import Flask
+
+from tests.processes import stop_process
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL") or None  # as in tests/conftest.py
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,13 +55,7 @@ def _die_with_parent() -> list[str]:
 
 def _stop(process: subprocess.Popen) -> None:
     """SIGTERM (Celery's warm shutdown), then SIGKILL; only ever the process we started."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=WORKER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, WORKER_STOP_TIMEOUT)
 
 
 def _wait_until_ready(
