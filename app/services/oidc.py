@@ -23,10 +23,12 @@ from flask import current_app
 from app.models import Protocol
 from app.models import ResponseType
 from app.models import SsoProvider
+from app.services import audit
 from app.services import id_tokens
 from app.services import metadata
 from app.services import outbound
 from app.services import providers
+from app.services import sessions
 from app.services.errors import ServiceError
 from app.services.linking import ExternalIdentity
 
@@ -449,6 +451,30 @@ def validate_logout_token(provider: SsoProvider, token: str) -> id_tokens.Logout
         raise SignInFailed(
             f"logout_token.{error.check}", "Invalid logout token.", 400, str(error)
         ) from None
+
+
+def end_idp_sessions(
+    provider: SsoProvider,
+    channel: str,
+    *,
+    sid: str | None = None,
+    subject: str | None = None,
+    meta: audit.RequestMeta = audit.NO_REQUEST,
+) -> int:
+    """End the sessions an IdP signs out over the front or back channel (by its sid, or
+    every session of the subject without one) and audit it; returns how many ended."""
+    ended = sessions.revoke_idp_sessions(
+        provider.id, sid=sid, subject=subject, reason=f"{channel}_logout"
+    )
+    audit.record(
+        f"auth.signout.{channel}",
+        account_id=provider.account_id,
+        target_type="provider",
+        target_id=provider.id,
+        details={"sessions_ended": ended},
+        meta=meta,
+    )
+    return ended
 
 
 def issuer(provider: SsoProvider) -> str | None:

@@ -233,26 +233,15 @@ def frontchannel_logout(scheme: str):
         abort(404)
     sid = request.args.get("sid")
     iss = request.args.get("iss")
-    ended = 0
     if sid and iss:
         if iss != oidc.issuer(provider):
             abort(400)
-        ended = sessions.revoke_idp_sessions(provider.id, sid=sid, reason="frontchannel_logout")
+        oidc.end_idp_sessions(provider, "frontchannel", sid=sid, meta=request_meta())
     else:
         # Without iss/sid only the browser's own session can be meant (when its cookie came).
         record = current_record()
         if record is not None and record.provider_id == provider.id:
             sessions.revoke(record, "frontchannel_logout")
-            ended = 1
-    if ended:
-        audit.record(
-            "auth.signout.frontchannel",
-            account_id=provider.account_id,
-            target_type="provider",
-            target_id=provider.id,
-            details={"sessions_ended": ended},
-            meta=request_meta(),
-        )
     db.session.commit()
     response = make_response("", 200)
     # This response is meant to be framed by the IdP's logout page.
@@ -289,16 +278,8 @@ def backchannel_logout(scheme: str):
     # §2.6: a logout token is used once; its jti is remembered until it could no longer pass.
     if not get_cache().add(f"logout-jti:{provider.id}:{claims.jti}", 1, BACKCHANNEL_EVENT_TTL):
         return _backchannel_error("logout_token already used")
-    ended = sessions.revoke_idp_sessions(
-        provider.id, sid=claims.sid, subject=claims.sub, reason="backchannel_logout"
-    )
-    audit.record(
-        "auth.signout.backchannel",
-        account_id=provider.account_id,
-        target_type="provider",
-        target_id=provider.id,
-        details={"sessions_ended": ended},
-        meta=request_meta(),
+    oidc.end_idp_sessions(
+        provider, "backchannel", sid=claims.sid, subject=claims.sub, meta=request_meta()
     )
     db.session.commit()
     response = make_response("", 200)
