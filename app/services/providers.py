@@ -26,6 +26,7 @@ from app.services import audit
 from app.services import crypto
 from app.services.errors import NotFound
 from app.services.errors import ValidationError
+from app.services.errors import uuid_or_not_found
 
 SCHEME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 MAX_SCHEME_LENGTH = 64
@@ -299,10 +300,7 @@ def sync_builtin_providers(config: Mapping[str, Any]) -> list[str]:
 
 
 def get_provider(provider_id: uuid.UUID | str) -> SsoProvider:
-    try:
-        key = provider_id if isinstance(provider_id, uuid.UUID) else uuid.UUID(str(provider_id))
-    except ValueError:
-        raise NotFound(f"No provider with id {provider_id}.") from None
+    key = uuid_or_not_found(provider_id, f"No provider with id {provider_id}.")
     provider = db.session.get(SsoProvider, key)
     if provider is None:
         raise NotFound(f"No provider with id {provider_id}.")

@@ -35,6 +35,7 @@ from app.models import User
 from app.models.base import utcnow
 from app.services import audit
 from app.services.errors import NotFound
+from app.services.errors import uuid_or_not_found
 
 # last_seen_at is written at most this often per session: enough for idle timeouts measured
 # in minutes, without a database write on every request.
@@ -321,10 +322,7 @@ def end_session(
     reason: str = "ended_by_user",
 ) -> Session:
     """End one of the user's own sessions. Another user's id is NotFound (never revealed)."""
-    try:
-        key = session_id if isinstance(session_id, uuid.UUID) else uuid.UUID(str(session_id))
-    except ValueError:
-        raise NotFound("No such session.") from None
+    key = uuid_or_not_found(session_id, "No such session.")
     record = db.session.scalar(select(Session).where(Session.id == key, Session.user_id == user.id))
     if record is None:
         raise NotFound("No such session.")

@@ -24,6 +24,7 @@ from app.services import passwords
 from app.services import sessions
 from app.services.errors import NotFound
 from app.services.errors import ValidationError
+from app.services.errors import uuid_or_not_found
 
 
 def normalise_email(raw: str) -> str:
@@ -55,10 +56,7 @@ def find_by_email(email: str) -> User | None:
 
 
 def get_user(user_id: uuid.UUID | str) -> User:
-    try:
-        key = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
-    except ValueError:
-        raise NotFound(f"No user with id {user_id}.") from None
+    key = uuid_or_not_found(user_id, f"No user with id {user_id}.")
     user = db.session.get(User, key)
     if user is None:
         raise NotFound(f"No user with id {user_id}.")
