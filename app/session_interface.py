@@ -1,18 +1,29 @@
 """Flask session interface backed by the Session table: the cookie carries only a random id.
 
-Anonymous visitors get a row only once something is stored for them (a CSRF token, a flash,
-a ``next`` URL). Sign-in replaces the row with a new one under a new id (see sign_in()).
+Anonymous visitors get a row only once something is stored for them (a flash, a ``next``
+URL, a sign-in flow's state). Before that, the cookie is a row-less anonymous token
+(``a.<issued>.<random>``) and the visitor's CSRF token is derived from it with an HMAC under
+SECRET_KEY, so showing the sign-in page writes nothing and the password sign-in reads no
+session row: the CSRF check still binds the form to this browser (only a page that knows the
+cookie can produce the token, and the cookie is HttpOnly). Sign-in replaces whatever the
+browser had with a new row under a new id (see sign_in()).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
+import time
 import uuid
 from typing import Any
 
 from flask import Flask
 from flask import Request
 from flask import Response
+from flask import current_app
+from flask import g
 from flask import request
 from flask import session as flask_session
 from flask.sessions import SessionInterface
@@ -25,8 +36,43 @@ from app.models import User
 from app.services import sessions
 
 
+# Flask-WTF keeps the raw CSRF token under this session key (WTF_CSRF_FIELD_NAME) and the
+# signed form token under the same name in ``g`` once a page asked for it.
+CSRF_KEY = "csrf_token"
+ANONYMOUS_PREFIX = "a."
+
+
 def _fingerprint(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, default=str)
+
+
+def new_anonymous_token() -> str:
+    """A row-less anonymous cookie value: its issue time (to bound its life) and 256 random
+    bits."""
+    return f"{ANONYMOUS_PREFIX}{int(time.time()):x}.{secrets.token_urlsafe(32)}"
+
+
+def anonymous_token_is_live(token: str, now: float | None = None) -> bool:
+    """Well-formed and issued less than ANONYMOUS_SESSION_TIMEOUT ago (and not in the
+    future): an older one is replaced, so a CSRF token derived from it expires too."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(token) > 128 or len(parts[2]) < 43:
+        return False
+    try:
+        issued = int(parts[1], 16)
+    except ValueError:
+        return False
+    age = (now if now is not None else time.time()) - issued
+    return 0 <= age < current_app.config["ANONYMOUS_SESSION_TIMEOUT"]
+
+
+def derived_csrf_secret(token: str) -> str:
+    """The CSRF secret of a row-less anonymous session: HMAC-SHA256 of its cookie under
+    SECRET_KEY, so it is known to the server and the cookie holder only."""
+    key = current_app.config["SECRET_KEY"]
+    if isinstance(key, str):
+        key = key.encode()
+    return hmac.new(key, b"keyward-anonymous-csrf:" + token.encode(), hashlib.sha256).hexdigest()
 
 
 class ServerSession(CallbackDict, SessionMixin):
@@ -54,6 +100,26 @@ class ServerSession(CallbackDict, SessionMixin):
         self.ended = False
         # True when the request presented a cookie that no longer maps to a live session.
         self.stale_cookie = False
+        # The row-less anonymous cookie this browser has (or gets, when new_anonymous).
+        self.anonymous_token: str | None = None
+        self.new_anonymous = False
+        self._derived_csrf: str | None = None
+
+    @classmethod
+    def anonymous(cls, token: str | None = None) -> ServerSession:
+        """A row-less anonymous session: ``token`` from the cookie, or a new one."""
+        new = token is None
+        token = token or new_anonymous_token()
+        derived = derived_csrf_secret(token)
+        session = cls({CSRF_KEY: derived})
+        session.anonymous_token, session.new_anonymous, session._derived_csrf = token, new, derived
+        return session
+
+    def only_derived_csrf(self) -> bool:
+        """Nothing stored but the CSRF secret derived from the anonymous cookie."""
+        if self.anonymous_token is None:
+            return not self
+        return len(self) == 0 or (len(self) == 1 and self.get(CSRF_KEY) == self._derived_csrf)
 
     def bind(self, record: Session | sessions.LiveSession | None) -> None:
         """Take the snapshots of ``record`` (an ORM row or what find_live read)."""
@@ -75,10 +141,15 @@ class DatabaseSessionInterface(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> ServerSession:
         token = request.cookies.get(app.config["SESSION_COOKIE_NAME"])
         if not token:
-            return ServerSession()
+            return ServerSession.anonymous()
+        if token.startswith(ANONYMOUS_PREFIX):
+            # No row behind it, so nothing to read; an expired or malformed one is replaced.
+            if anonymous_token_is_live(token):
+                return ServerSession.anonymous(token)
+            return ServerSession.anonymous()
         live = sessions.find_live(token)
         if live is None:
-            session = ServerSession()
+            session = ServerSession.anonymous()
             session.stale_cookie = True
             # find_live may have marked the row expired: keep that fact.
             db.session.commit()
@@ -96,10 +167,16 @@ class DatabaseSessionInterface(SessionInterface):
         }
         response.vary.add("Cookie")
         if session.record_id is None:
-            if not session:
+            if session.only_derived_csrf():
                 if session.ended:
                     db.session.commit()
-                if session.ended or session.stale_cookie:
+                if (
+                    session.anonymous_token is not None
+                    and session.new_anonymous
+                    and CSRF_KEY in g  # a form was rendered: its token needs this cookie
+                ):
+                    response.set_cookie(name, session.anonymous_token, **cookie)
+                elif session.ended or session.stale_cookie:
                     response.delete_cookie(name, **cookie)
                 return
             # Anonymous data to keep (including a flash after sign-out): a fresh row and id.
@@ -190,6 +267,7 @@ def _rotate(user_id: uuid.UUID, *, auth_method: str, **federated: Any) -> dict[s
     session.update(data)
     session.bind(sessions.LiveSession.of(values))
     session.new_token = token
+    session.anonymous_token = None
     return values
 
 
@@ -202,4 +280,5 @@ def sign_out(reason: str = "signed_out") -> None:
     session.clear()
     session.bind(None)
     session.new_token = None
+    session.anonymous_token = None
     session.ended = True

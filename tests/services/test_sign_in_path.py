@@ -127,7 +127,8 @@ def test_sign_in_returns_the_new_row_with_the_federated_fields(app, make_user, m
 
 def test_the_anonymous_row_is_revoked_as_rotated_in_the_same_transaction(app, client, make_user):
     made = make_user()
-    client.get("/login")
+    with client.session_transaction() as anonymous_session:
+        anonymous_session["next"] = "/account"  # something to keep: the session gets a row
     anonymous = session_cookie(client, app)
     with app.test_request_context(
         "/login", method="POST", headers={"Cookie": f"keyward_session={anonymous}"}

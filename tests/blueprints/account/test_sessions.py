@@ -36,15 +36,31 @@ def test_cookie_carries_only_a_random_id_whose_hash_is_stored(app, client, auth,
 
 def test_sign_in_issues_a_new_session_id_and_retires_the_old_one(app, client, auth, make_user):
     user = make_user()
-    client.get("/login")
+    # An anonymous session that holds something (a next URL) has a row of its own.
+    with client.session_transaction() as anonymous_session:
+        anonymous_session["next"] = "/account"
     anonymous = session_cookie(client, app)
-    assert anonymous is not None
+    assert session_row(app, anonymous).user_id is None
     auth.login(user.email)
     signed_in = session_cookie(client, app)
     assert signed_in != anonymous
     assert session_row(app, anonymous).revoked_reason == "rotated"
 
     # Session fixation: whoever planted or saw the pre-login id gets nothing from it.
+    attacker = app.test_client()
+    attacker.set_cookie(app.config["SESSION_COOKIE_NAME"], anonymous)
+    assert attacker.get("/whoami").json == {"authenticated": False}
+    assert client.get("/whoami").json["authenticated"] is True
+
+
+def test_sign_in_from_a_rowless_anonymous_cookie_issues_a_new_id(app, client, auth, make_user):
+    user = make_user()
+    client.get("/login")
+    anonymous = session_cookie(client, app)
+    assert anonymous.startswith("a.") and session_row(app, anonymous) is None
+    auth.login(user.email)
+    signed_in = session_cookie(client, app)
+    assert signed_in != anonymous and not signed_in.startswith("a.")
     attacker = app.test_client()
     attacker.set_cookie(app.config["SESSION_COOKIE_NAME"], anonymous)
     assert attacker.get("/whoami").json == {"authenticated": False}
