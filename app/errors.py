@@ -85,7 +85,8 @@ def register(app: Flask) -> None:
         if status == 405 and allowed:
             response.headers["Allow"] = ", ".join(allowed)
         if status == 429:
-            response.headers["Retry-After"] = str(_retry_after())
+            retry_after = getattr(error, "retry_after", None)
+            response.headers["Retry-After"] = str(retry_after or _retry_after())
         return response
 
     @app.errorhandler(Exception)

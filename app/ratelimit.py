@@ -10,10 +10,16 @@ at most once every SWEEP_INTERVAL seconds, in whichever request comes along.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from functools import lru_cache
 
+from limits import RateLimitItem
+from limits import parse
 from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter
+from werkzeug.exceptions import TooManyRequests
 
 # What settings.py names the in-process storage, and what create_app gives the limiter instead.
 MEMORY_URI = "memory://"
@@ -44,3 +50,67 @@ class SweptMemoryStorage(MemoryStorage):
             self._MemoryStorage__expire_events()
         finally:
             self._sweep_lock.release()
+
+
+# --- the password sign-in limits ------------------------------------------------------------
+# The sign-in POST is the one request Keyward limits on every attempt, and its cost is
+# benchmarked against argon2 alone (bench/password_login.py). Flask-Limiter's decorators
+# resolve, filter and evaluate their limits through several layers per request (about 0.6 ms
+# per sign-in, a fifth of everything but argon2); the same fixed-window counters, read and
+# written here directly on the limiter's storage (Redis, or the swept memory one), cost a
+# few microseconds.
+
+
+class SignInRateLimited(TooManyRequests):
+    """A 429 that knows when to come back (app/errors.py turns it into Retry-After)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = max(1, retry_after)
+
+
+@lru_cache(maxsize=32)
+def _item(limit: str) -> RateLimitItem:
+    return parse(limit)
+
+
+_fallback = FixedWindowRateLimiter(SweptMemoryStorage())
+log = logging.getLogger(__name__)
+
+
+def _call(method: str, limit: str, *identifiers: str) -> bool:
+    """Run ``hit`` or ``test`` on the configured storage; while it is unreachable (Redis down)
+    on this process's memory instead, so that an outage neither locks everyone out nor lifts
+    the limit."""
+    from app.extensions import limiter
+
+    try:
+        return getattr(limiter.limiter, method)(_item(limit), *identifiers)
+    except Exception as error:  # limits wraps nothing by default: any storage error
+        log.warning("rate-limit storage unavailable (%s); counting in memory", type(error).__name__)
+        return getattr(_fallback, method)(_item(limit), *identifiers)
+
+
+def _refuse(limit: str, *identifiers: str) -> SignInRateLimited:
+    from app.extensions import limiter
+
+    try:
+        reset_at = limiter.limiter.get_window_stats(_item(limit), *identifiers).reset_time
+    except Exception:
+        reset_at = time.time() + _item(limit).get_expiry()
+    return SignInRateLimited(int(reset_at - time.time()) + 1)
+
+
+def check_sign_in_attempt(ip_limit: str, ip: str, email_limit: str, email: str) -> None:
+    """Count this sign-in attempt against its client IP, and check (without counting) the
+    per-address limit, which only failures use up. Raises SignInRateLimited."""
+    if not _call("hit", ip_limit, "login-ip", ip):
+        raise _refuse(ip_limit, "login-ip", ip)
+    if not _call("test", email_limit, "login-email", email):
+        raise _refuse(email_limit, "login-email", email)
+
+
+def count_failed_sign_in(email_limit: str, email: str) -> None:
+    """A failed attempt uses up one of the address's tries (it stops one account being
+    guessed at from many IPs)."""
+    _call("hit", email_limit, "login-email", email)

@@ -7,6 +7,7 @@ import time
 import pytest
 from limits.storage import memory as limits_memory
 
+from app import ratelimit
 from app.extensions import limiter
 from app.ratelimit import SweptMemoryStorage
 from tests.conftest import base_config
@@ -65,3 +66,33 @@ class TestAnswers:
             assert not [name for name in names if name.startswith("X-RateLimit")]
         assert statuses == [401, 401, 429]
         assert 0 < int(response.headers["Retry-After"]) <= 60
+
+
+class TestStorageOutage:
+    @pytest.fixture
+    def config(self, database_url):
+        return base_config(database_url, LOGIN_RATE_LIMIT="2/minute")
+
+    def test_a_storage_outage_neither_locks_out_nor_lifts_the_limit(
+        self, client, make_user, monkeypatch
+    ):
+        class UnreachableStorage:
+            def __getattr__(self, name):
+                def fail(*args, **kwargs):
+                    raise ConnectionError("storage down")
+
+                return fail
+
+        monkeypatch.setattr(type(limiter), "limiter", property(lambda self: UnreachableStorage()))
+        ratelimit._fallback.storage.reset()
+        user = make_user()
+        statuses = []
+        for _ in range(3):
+            token = csrf_token_from(client.get("/login").text)
+            response = client.post(
+                "/login",
+                data={"email": user.email, "password": "wrong password x", "csrf_token": token},
+            )
+            statuses.append(response.status_code)
+        assert statuses == [401, 401, 429]
+        assert int(response.headers["Retry-After"]) > 0

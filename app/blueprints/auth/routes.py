@@ -12,6 +12,7 @@ from flask import url_for
 from flask_login import current_user
 from sqlalchemy import select
 
+from app import ratelimit
 from app.blueprints.auth import bp
 from app.blueprints.auth.federated import federated_logout_redirect
 from app.blueprints.auth.forms import LoginForm
@@ -40,18 +41,14 @@ def _login_email_limit() -> str:
 
 def _login_email_key() -> str:
     # Per-address limit: stops one account being guessed at from many IPs.
-    return "login-email:" + (request.form.get("email") or "").strip().lower()[:254]
-
-
-def _failed(response) -> bool:
-    return response.status_code >= 400
+    return (request.form.get("email") or "").strip().lower()[:254]
 
 
 @limiter.request_filter
-def _sign_in_page_view() -> bool:
-    """The sign-in limits below count POSTs only; without this filter the limiter would still
-    resolve them on every view of the page (its most viewed one) to find nothing to count."""
-    return request.endpoint == "auth.login" and request.method != "POST"
+def _sign_in_page() -> bool:
+    """The sign-in page is limited by the view itself (ratelimit.check_sign_in_attempt):
+    Flask-Limiter has nothing to count there."""
+    return request.endpoint == "auth.login"
 
 
 def _render_login(
@@ -73,9 +70,13 @@ def _render_login(
 
 @bp.route("/login", methods=["GET", "POST"])
 @bp.route("/login/<slug>", methods=["GET", "POST"])
-@limiter.limit(_login_ip_limit, methods=["POST"])
-@limiter.limit(_login_email_limit, key_func=_login_email_key, methods=["POST"], deduct_when=_failed)
 def login(slug: str | None = None):
+    if request.method == "POST":
+        # Counted before anything else, even a malformed form (every POST is an attempt).
+        email_key = _login_email_key()
+        ratelimit.check_sign_in_attempt(
+            _login_ip_limit(), request.remote_addr or "", _login_email_limit(), email_key
+        )
     account = _account_for_login(slug)
     form = LoginForm()
     if request.method == "GET":
@@ -85,11 +86,13 @@ def login(slug: str | None = None):
         return _render_login(form, account)
 
     if not form.validate_on_submit():
+        ratelimit.count_failed_sign_in(_login_email_limit(), email_key)
         signins.labels("password", "invalid_form").inc()
         return _render_login(form, account, 400)
 
     check = users.check_password_sign_in(form.email.data, form.password.data, meta=request_meta())
     if not check.ok:
+        ratelimit.count_failed_sign_in(_login_email_limit(), email_key)
         db.session.commit()  # keep the audit event of the refusal
         signins.labels("password", "refused").inc()
         if check.refusal is SignInRefusal.INACTIVE:
