@@ -35,7 +35,6 @@ from app.models import Session
 from app.models import User
 from app.services import sessions
 
-
 # Flask-WTF keeps the raw CSRF token under this session key (WTF_CSRF_FIELD_NAME) and the
 # signed form token under the same name in ``g`` once a page asked for it.
 CSRF_KEY = "csrf_token"
