@@ -133,6 +133,10 @@ class BaseConfig:
         #: personal accounts), ``organizations``, or one tenant id.
         self.MICROSOFT_TENANT = environ.get("MICROSOFT_TENANT") or "common"
 
+        #: Days a renamed provider's old callback URLs (/signin-<old scheme>...) keep working,
+        #: so the admin has time to update the redirect URIs registered at the IdP.
+        self.PROVIDER_SCHEME_ALIAS_DAYS = _int(environ, "PROVIDER_SCHEME_ALIAS_DAYS", 30)
+
         #: Days audit events are kept before the retention task removes them.
         self.AUDIT_RETENTION_DAYS = _int(environ, "AUDIT_RETENTION_DAYS", 365)
 
@@ -172,6 +176,10 @@ class BaseConfig:
                 "purge-old-audit-events": {
                     "task": "maintenance.purge_old_audit_events",
                     "schedule": 24 * 60 * 60.0,
+                },
+                "purge-expired-scheme-aliases": {
+                    "task": "maintenance.purge_expired_scheme_aliases",
+                    "schedule": 60 * 60.0,
                 },
             },
         }

@@ -9,8 +9,9 @@ def register(app: Flask) -> None:
     from app.cli.accounts import accounts_cli
     from app.cli.audit import audit_cli
     from app.cli.demo import seed_demo
+    from app.cli.keys import keys_cli
     from app.cli.providers import providers_cli
     from app.cli.users import users_cli
 
-    for command in (accounts_cli, users_cli, providers_cli, audit_cli, seed_demo):
+    for command in (accounts_cli, users_cli, providers_cli, audit_cli, keys_cli, seed_demo):
         app.cli.add_command(command)

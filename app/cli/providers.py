@@ -1,6 +1,11 @@
-"""`flask providers`: create, list, show, enable, disable, delete and refresh SSO providers."""
+"""`flask providers`: create, list, show, enable, disable, delete, refresh, export and import
+SSO providers."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -17,6 +22,21 @@ from app.services.providers import ProviderFields
 providers_cli = KeywardGroup("providers", help="Manage SSO providers.")
 
 BASE_SCOPES = ("openid", "profile", "email")
+
+
+@contextmanager
+def _all_field_errors() -> Iterator[None]:
+    """A ValidationError naming several fields becomes one line listing all of them."""
+    try:
+        yield
+    except ValidationError as error:
+        if len(error.errors) <= 1:
+            raise
+        line = "; ".join(
+            message if message.startswith(f"{field}:") else f"{field}: {message}"
+            for field, message in error.errors.items()
+        )
+        raise ValidationError(line, error.field, errors=error.errors) from None
 
 
 def _line(provider) -> str:
@@ -61,6 +81,11 @@ def _line(provider) -> str:
 @click.option("--subject-field", default="sub", help="OAuth 2.0 userinfo field of the subject.")
 @click.option("--email-field", default="email")
 @click.option("--name-field", default="name")
+@click.option(
+    "--skip-discovery-check",
+    is_flag=True,
+    help="Save without loading the authority's discovery document (IdP not reachable yet).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @service_errors
 def create_provider(
@@ -90,9 +115,13 @@ def create_provider(
     subject_field,
     email_field,
     name_field,
+    skip_discovery_check,
     as_json,
 ) -> None:
-    """Create a provider and print it (with its id and callback URLs)."""
+    """Create a provider and print it (with its id and callback URLs).
+
+    OpenID Connect: the authority's discovery document must load and name the authority as
+    its issuer, unless --skip-discovery-check."""
     extra = [s for s in f"{scopes or ''} {additional_claims or ''}".split() if s not in BASE_SCOPES]
     if builtin is not None:
         if account_id is not None:
@@ -138,7 +167,10 @@ def create_provider(
             "name_field": name_field,
         }
     )
-    provider = providers.create_provider(fields, account=account, builtin=builtin)
+    with _all_field_errors():
+        provider = providers.create_provider(
+            fields, account=account, builtin=builtin, check_discovery=not skip_discovery_check
+        )
     db.session.commit()
     emit(providers.serialise(provider), as_json, f"Provider created: {_line(provider)}")
 
@@ -234,3 +266,62 @@ def refresh_providers(provider_id, as_json) -> None:
     emit(results[0] if provider_id else results, as_json, "\n".join(lines) or "No providers.")
     if failed:
         raise click.ClickException(f"{len(failed)} provider(s) could not be refreshed.")
+
+
+@providers_cli.command("export")
+@click.argument("file", type=click.File("w", encoding="utf-8", lazy=True))
+@click.option("--account", "account_id", type=int, default=None, help="Only this account's.")
+@service_errors
+def export_providers(file, account_id) -> None:
+    """Write providers as a JSON list to FILE (- for stdout), without any client secret."""
+    if account_id is not None:
+        accounts.get_account(account_id)
+    exported = providers.export_providers(account_id)
+    file.write(json.dumps(exported, indent=2, sort_keys=True) + "\n")
+    file.close()
+    if file.name != "-":
+        click.echo(f"Exported {len(exported)} provider(s) to {file.name}.")
+
+
+@providers_cli.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--account", "account_id", type=int, required=True, help="Receiving account id.")
+@click.option(
+    "--skip-discovery-check",
+    is_flag=True,
+    help="Import without loading each authority's discovery document.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@service_errors
+def import_providers(file, account_id, skip_discovery_check, as_json) -> None:
+    """Create the providers of an export in an account: all of them, or none on any error.
+
+    Client secrets are not in exports: set them afterwards."""
+    try:
+        account = accounts.get_account(account_id)
+    except NotFound:
+        raise ValidationError(f"No account with id {account_id}.") from None
+    # Opened here rather than by click.File, which leaves the file open when the options
+    # after it fail to parse.
+    try:
+        if file == "-":
+            text = click.get_text_stream("stdin").read()
+        else:
+            with open(file, encoding="utf-8") as handle:
+                text = handle.read()
+    except OSError as error:
+        raise ValidationError(f"Cannot read {file}: {error.strerror}.") from None
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ValidationError(f"{file} is not valid JSON: {error}") from None
+    with _all_field_errors():
+        created = providers.import_providers(
+            document, account=account, check_discovery=not skip_discovery_check
+        )
+    db.session.commit()
+    emit(
+        [providers.serialise(p) for p in created],
+        as_json,
+        "\n".join(f"Provider imported: {_line(p)}" for p in created),
+    )

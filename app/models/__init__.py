@@ -7,8 +7,11 @@ from app.models.audit import AuditEvent
 from app.models.external_login import ExternalLogin
 from app.models.provider import Protocol
 from app.models.provider import ProviderMetadata
+from app.models.provider import ProviderRoleMapping
+from app.models.provider import ProviderSchemeAlias
 from app.models.provider import ResponseType
 from app.models.provider import SsoProvider
+from app.models.scim import ScimToken
 from app.models.session import Session
 from app.models.user import User
 
@@ -19,8 +22,11 @@ __all__ = [
     "Membership",
     "Protocol",
     "ProviderMetadata",
+    "ProviderRoleMapping",
+    "ProviderSchemeAlias",
     "ResponseType",
     "Role",
+    "ScimToken",
     "Session",
     "SsoProvider",
     "User",

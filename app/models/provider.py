@@ -1,4 +1,5 @@
-"""SsoProvider (an identity provider configuration) and ProviderMetadata (last good copy)."""
+"""SsoProvider (an identity provider configuration), its scheme aliases and role mappings, and
+ProviderMetadata (last good copy)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy import ForeignKey
 from sqlalchemy import Integer
 from sqlalchemy import String
 from sqlalchemy import Text
+from sqlalchemy import UniqueConstraint
 from sqlalchemy import Uuid
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -93,6 +95,13 @@ class SsoProvider(Base):
     subject_field: Mapped[str] = mapped_column(String(100), default="sub")
     email_field: Mapped[str] = mapped_column(String(100), default="email")
     name_field: Mapped[str] = mapped_column(String(100), default="name")
+    # Role mapping: the claim (OIDC) or attribute (SAML) whose values pick the member's role
+    # at each sign-in, e.g. "groups"; None turns mapping off. ``role_mapping_default`` is the
+    # role given when the claim is configured but no row matches (None: leave it as it is).
+    # No CHECK constraint on it: adding one would rebuild this table on SQLite, which with
+    # foreign keys on deletes every external login (services.providers validates it).
+    role_claim: Mapped[str | None] = mapped_column(String(100))
+    role_mapping_default: Mapped[str | None] = mapped_column(String(16))
     # Bumped on every change: caches and clients are keyed by (id, version).
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -101,6 +110,18 @@ class SsoProvider(Base):
     account: Mapped[Account | None] = relationship()
     metadata_record: Mapped[ProviderMetadata | None] = relationship(
         back_populates="provider", cascade="all, delete-orphan", uselist=False
+    )
+    scheme_aliases: Mapped[list[ProviderSchemeAlias]] = relationship(
+        back_populates="provider",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="ProviderSchemeAlias.id",
+    )
+    role_mappings: Mapped[list[ProviderRoleMapping]] = relationship(
+        back_populates="provider",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="ProviderRoleMapping.id",
     )
 
     @property
@@ -112,6 +133,52 @@ class SsoProvider(Base):
 
     def __repr__(self) -> str:
         return f"<SsoProvider {self.id} {self.scheme!r}>"
+
+
+class ProviderSchemeAlias(Base):
+    """A provider's former scheme, kept for a grace period after a rename.
+
+    IdPs keep sending users to the redirect URI they have registered, so /signin-<old>
+    must keep working until the admin has updated it at the IdP."""
+
+    __tablename__ = "provider_scheme_aliases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sso_providers.id", ondelete="CASCADE"), index=True
+    )
+    # The old scheme as it was spelt, and lower-cased for the case-insensitive unique index.
+    scheme: Mapped[str] = mapped_column(String(64))
+    scheme_key: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    provider: Mapped[SsoProvider] = relationship(back_populates="scheme_aliases")
+
+    def __repr__(self) -> str:
+        return f"<ProviderSchemeAlias {self.scheme!r} -> {self.provider_id}>"
+
+
+class ProviderRoleMapping(Base):
+    """One claim value (e.g. a group name) and the account role it gives at sign-in."""
+
+    __tablename__ = "provider_role_mappings"
+    __table_args__ = (
+        UniqueConstraint(
+            "provider_id", "claim_value", name="uq_provider_role_mappings_provider_claim"
+        ),
+        CheckConstraint("role IN ('owner', 'admin', 'member')", name="role_known"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sso_providers.id", ondelete="CASCADE")
+    )
+    # Compared exactly (case-sensitive): group names and ids are opaque to us.
+    claim_value: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+
+    provider: Mapped[SsoProvider] = relationship(back_populates="role_mappings")
 
 
 class ProviderMetadata(Base):

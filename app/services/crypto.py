@@ -6,7 +6,11 @@ from cryptography.fernet import Fernet
 from cryptography.fernet import InvalidToken
 from cryptography.fernet import MultiFernet
 from flask import current_app
+from sqlalchemy import bindparam
+from sqlalchemy import select
+from sqlalchemy import update
 
+from app.extensions import db
 from app.services.errors import ServiceError
 
 
@@ -49,3 +53,55 @@ def reencrypt(ciphertext: str) -> str:
         raise SecretUnreadable(
             "A stored secret cannot be decrypted with ENCRYPTION_KEYS."
         ) from None
+
+
+# Every column that holds MultiFernet ciphertext: table, column, key of the counts returned,
+# and how an error names a row.
+_ENCRYPTED_COLUMNS = (
+    ("sso_providers", "client_secret_encrypted", "providers", "The client secret of provider"),
+    ("sessions", "id_token_encrypted", "sessions", "The ID token of session"),
+)
+_ROTATE_BATCH = 500
+
+
+def reencrypt_stored_secrets() -> dict[str, int]:
+    """Re-encrypt every stored secret under the newest key (``flask keys rotate``).
+
+    Covers sso_providers.client_secret_encrypted and sessions.id_token_encrypted; returns
+    how many values were rewritten, ``{"providers": n, "sessions": m}``. Works in batches
+    with plain UPDATEs (sessions can be many) in the caller's transaction, which commits
+    once. Raises SecretUnreadable naming the first row no configured key can read: the
+    caller must roll back, so a rotation is all or nothing."""
+    counts: dict[str, int] = {}
+    connection = db.session.connection()
+    for table_name, column_name, label, description in _ENCRYPTED_COLUMNS:
+        table = db.metadata.tables[table_name]
+        column = table.c[column_name]
+        batch_query = (
+            select(table.c.id, column)
+            .where(column.is_not(None))
+            .order_by(table.c.id)
+            .limit(_ROTATE_BATCH)
+        )
+        write = (
+            update(table)
+            .where(table.c.id == bindparam("row_id"))
+            .values({column: bindparam("value")})
+        )
+        counts[label] = 0
+        rows = connection.execute(batch_query).all()
+        while rows:
+            batch = []
+            for row_id, ciphertext in rows:
+                try:
+                    batch.append({"row_id": row_id, "value": reencrypt(ciphertext)})
+                except SecretUnreadable:
+                    raise SecretUnreadable(
+                        f"{description} {row_id} cannot be decrypted with ENCRYPTION_KEYS "
+                        "(was a key removed too early?)."
+                    ) from None
+            connection.execute(write, batch)
+            counts[label] += len(batch)
+            # Keyset paging: rows rewritten above are never read again.
+            rows = connection.execute(batch_query.where(table.c.id > rows[-1][0])).all()
+    return counts

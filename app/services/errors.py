@@ -1,6 +1,9 @@
 """Exceptions services raise for bad input; callers turn them into pages, JSON or CLI errors."""
 
+from __future__ import annotations
+
 import uuid
+from collections.abc import Mapping
 
 
 class ServiceError(Exception):
@@ -8,12 +11,28 @@ class ServiceError(Exception):
 
 
 class ValidationError(ServiceError):
-    """The input is malformed or breaks a rule (weak password, duplicate email...)."""
+    """The input is malformed or breaks a rule (weak password, duplicate email...).
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    ``errors`` maps each bad field to its message, so a form can show every problem at once;
+    ``field`` and ``message`` are the first of them (callers that show one error use those).
+    """
+
+    def __init__(
+        self, message: str, field: str | None = None, *, errors: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        if errors:
+            self.errors = dict(errors)
+        else:
+            self.errors = {field: message} if field is not None else {}
+
+    @classmethod
+    def from_errors(cls, errors: Mapping[str, str]) -> ValidationError:
+        """One error carrying every field's message; the first one is ``field``/``message``."""
+        field, message = next(iter(errors.items()))
+        return cls(message, field, errors=errors)
 
 
 class NotFound(ServiceError):

@@ -1,4 +1,4 @@
-"""Periodic housekeeping: expired sessions and old audit events."""
+"""Periodic housekeeping: expired sessions, old audit events, expired scheme aliases."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from flask import current_app
 
 from app.extensions import db
 from app.services import audit
+from app.services import providers
 from app.services import sessions
 
 
@@ -22,5 +23,14 @@ def purge_expired_sessions() -> int:
 def purge_old_audit_events() -> int:
     """Delete audit events older than AUDIT_RETENTION_DAYS; returns how many. Safe to retry."""
     removed = audit.purge_events_older_than(current_app.config["AUDIT_RETENTION_DAYS"])
+    db.session.commit()
+    return removed
+
+
+@shared_task(name="maintenance.purge_expired_scheme_aliases")
+def purge_expired_scheme_aliases() -> int:
+    """Delete the old callback schemes whose grace period after a rename is over (they no
+    longer resolve anyway; this frees the name for another provider). Safe to retry."""
+    removed = providers.purge_expired_aliases()
     db.session.commit()
     return removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -23,6 +24,7 @@ def create(runner, account_id, *extra):
         runner,
         "providers",
         "create",
+        "--skip-discovery-check",
         "--account",
         str(account_id),
         "--display-name",
@@ -101,7 +103,15 @@ def test_bad_input_is_a_one_line_error_and_creates_nothing(runner, make_account,
     overrides = dict(zip(args[::2], args[1::2], strict=True))
     merged = [item for key, value in {**base, **overrides}.items() for item in (key, value)]
     result = runner.invoke(
-        args=["providers", "create", "--account", str(account.id), *merged, "--json"]
+        args=[
+            "providers",
+            "create",
+            "--skip-discovery-check",
+            "--account",
+            str(account.id),
+            *merged,
+            "--json",
+        ]
     )
     assert_error(result, fragment)
     assert run_json(runner, "providers", "list") == []
@@ -114,6 +124,7 @@ def test_scheme_is_unique_ignoring_case(runner, make_account):
         args=[
             "providers",
             "create",
+            "--skip-discovery-check",
             "--account",
             str(account.id),
             "--display-name",
@@ -135,6 +146,7 @@ def test_unknown_account_and_missing_account_are_errors(runner):
         args=[
             "providers",
             "create",
+            "--skip-discovery-check",
             "--account",
             "999",
             "--display-name",
@@ -152,6 +164,7 @@ def test_unknown_account_and_missing_account_are_errors(runner):
         args=[
             "providers",
             "create",
+            "--skip-discovery-check",
             "--display-name",
             "X",
             "--scheme",
@@ -170,6 +183,7 @@ def test_builtin_provider_has_no_account_and_takes_authority(runner):
         runner,
         "providers",
         "create",
+        "--skip-discovery-check",
         "--builtin",
         "google",
         "--client-id",
@@ -183,6 +197,7 @@ def test_builtin_provider_has_no_account_and_takes_authority(runner):
         args=[
             "providers",
             "create",
+            "--skip-discovery-check",
             "--builtin",
             "google",
             "--client-id",
@@ -216,3 +231,286 @@ def test_refresh_of_an_unreachable_idp_fails_and_records_the_error(runner, make_
     assert result.stderr.strip().startswith("Error: 1 provider(s) could not be refreshed")
     health = run_json(runner, "providers", "show", provider["id"])["health"]
     assert health["last_error"] and health["last_success"] is None
+
+
+def test_create_checks_discovery_unless_skipped(runner, make_account):
+    account = make_account()
+    result = runner.invoke(
+        args=[
+            "providers",
+            "create",
+            "--account",
+            str(account.id),
+            "--display-name",
+            "Acme SSO",
+            "--scheme",
+            "AcmeSSO",
+            "--authority",
+            AUTHORITY,
+            "--client-id",
+            "keyward",
+            "--json",
+        ]
+    )
+    assert_error(result, f"discovery document at {AUTHORITY}/.well-known/openid-configuration")
+    assert run_json(runner, "providers", "list") == []
+
+
+def test_several_bad_fields_are_listed_on_one_line(runner, make_account):
+    account = make_account()
+    result = runner.invoke(
+        args=[
+            "providers",
+            "create",
+            "--skip-discovery-check",
+            "--account",
+            str(account.id),
+            "--display-name",
+            "X",
+            "--scheme",
+            "1bad",
+            "--authority",
+            "https://10.0.0.5",
+            "--client-id",
+            "",
+        ]
+    )
+    assert_error(result, "scheme: Authentication scheme must start with a letter")
+    line = result.stderr.strip()
+    assert "; authority: Authority URL: 10.0.0.5 is not a public address" in line
+    assert "; client_id: Client ID is required." in line
+
+
+def test_delete_refused_while_a_scim_token_is_linked(app, runner, make_account):
+    from app.extensions import db
+    from app.models import ScimToken
+
+    account = make_account()
+    provider = create(runner, account.id)
+    with app.app_context():
+        db.session.add(
+            ScimToken(
+                account_id=account.id,
+                provider_id=uuid.UUID(provider["id"]),
+                name="Okta",
+                token_hash="a" * 64,
+            )
+        )
+        db.session.commit()
+    result = runner.invoke(args=["providers", "delete", provider["id"], "--json"])
+    assert_error(result, "Linked to SCIM token(s) Okta: revoke them or unlink them first.")
+    assert run_json(runner, "providers", "show", provider["id"])["id"] == provider["id"]
+
+
+# --- export / import ------------------------------------------------------------------------------
+def _full_provider(runner, account_id):
+    return create(
+        runner,
+        account_id,
+        "--jit",
+        "--default-role",
+        "admin",
+        "--scopes",
+        "openid profile email groups",
+        "--authorization-expression",
+        '"staff" in groups',
+        "--icon-url",
+        "https://cdn.example.com/acme.png",
+        "--trust-email-verified",
+        "--external-id-claim",
+        "oid",
+        "--hidden",
+    )
+
+
+def _set_role_mapping(app, provider_id):
+    from app.extensions import db
+    from app.models import SsoProvider
+    from app.services import providers
+    from app.services.providers import ProviderFields
+
+    with app.app_context():
+        row = db.session.get(SsoProvider, uuid.UUID(provider_id))
+        current = {
+            name: getattr(row, name)
+            for name in ProviderFields.__dataclass_fields__
+            if name not in ("client_secret", "role_mappings") and hasattr(row, name)
+        }
+        providers.update_provider(
+            row,
+            ProviderFields(
+                **{
+                    **current,
+                    "role_claim": "groups",
+                    "role_mapping_default": "member",
+                    "role_mappings": (("Admins", "admin"), ("Founders", "owner")),
+                }
+            ),
+        )
+        db.session.commit()
+
+
+def test_export_never_contains_the_secret(app, runner, make_account, tmp_path):
+    from app.extensions import db
+    from app.models import SsoProvider
+
+    account = make_account()
+    provider = _full_provider(runner, account.id)
+    with app.app_context():
+        ciphertext = db.session.get(SsoProvider, uuid.UUID(provider["id"])).client_secret_encrypted
+    path = tmp_path / "providers.json"
+    result = runner.invoke(args=["providers", "export", str(path), "--account", str(account.id)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"Exported 1 provider(s) to {path}."
+    to_stdout = runner.invoke(args=["providers", "export", "-"])
+    assert to_stdout.exit_code == 0, to_stdout.output
+    for text in (path.read_text(), to_stdout.stdout):
+        assert "s3cr3t-value" not in text
+        assert ciphertext not in text
+        assert "client_secret_encrypted" not in text
+        (item,) = json.loads(text)
+        assert item["has_client_secret"] is True and "client_secret" not in item
+
+
+def test_export_of_an_unknown_account_is_an_error(runner, tmp_path):
+    path = tmp_path / "out.json"
+    assert_error(
+        runner.invoke(args=["providers", "export", str(path), "--account", "999"]),
+        "no account with id 999",
+    )
+    assert not path.exists()
+
+
+def _settings(item: dict) -> dict:
+    installation = {"id", "account_id", "version", "sso_url", "callback_urls", "health"}
+    return {k: v for k, v in item.items() if k not in installation}
+
+
+def test_import_round_trip(app, runner, make_account, tmp_path):
+    source, target = make_account("Acme"), make_account("Initech")
+    provider = _full_provider(runner, source.id)
+    _set_role_mapping(app, provider["id"])
+    path = tmp_path / "providers.json"
+    assert runner.invoke(args=["providers", "export", str(path)]).exit_code == 0
+    exported = json.loads(path.read_text())
+    run_json(runner, "providers", "delete", provider["id"])  # schemes are unique everywhere
+
+    imported = run_json(
+        runner,
+        "providers",
+        "import",
+        str(path),
+        "--account",
+        str(target.id),
+        "--skip-discovery-check",
+    )
+    assert [p["account_id"] for p in imported] == [target.id]
+    assert imported[0]["id"] != provider["id"]
+    result = runner.invoke(args=["providers", "export", "-", "--account", str(target.id)])
+    (again,) = json.loads(result.stdout)
+    # The secret never travelled: the copy has none until an admin sets it.
+    assert again["has_client_secret"] is False
+    assert _settings(again) == {**_settings(exported[0]), "has_client_secret": False}
+    assert again["role_mappings"] == [
+        {"value": "Admins", "role": "admin"},
+        {"value": "Founders", "role": "owner"},
+    ]
+    assert again["visible"] is False and again["jit"] is True and again["default_role"] == "admin"
+
+
+def _write(tmp_path, document) -> str:
+    path = tmp_path / "import.json"
+    path.write_text(json.dumps(document) if not isinstance(document, str) else document)
+    return str(path)
+
+
+def _item(scheme: str, **changes) -> dict:
+    return {
+        "protocol": "oidc",
+        "display_name": f"{scheme} SSO",
+        "scheme": scheme,
+        "authority": AUTHORITY,
+        "client_id": "keyward",
+        **changes,
+    }
+
+
+@pytest.mark.parametrize(
+    "document,fragment",
+    [
+        ([_item("Good"), _item("1bad")], "item 2, scheme: Authentication scheme must start"),
+        ([_item("Good"), _item("Other", enabled="yes")], "item 2, enabled: must be true or false"),
+        ([_item("Good"), _item("Other", colour="red")], "item 2, colour: unknown setting"),
+        ([_item("Good"), _item("good")], "item 2, scheme: Authentication scheme 'good' is used"),
+        ([_item("Good"), "nope"], "item 2: must be a JSON object"),
+        ([_item("Good", builtin="google")], "item 1, builtin: built-in providers"),
+        (
+            [_item("Good", role_claim="groups", role_mappings=[{"value": "A", "role": "boss"}])],
+            "item 1, role_mappings[0]: Role mapping 1 ('A') must be owner, admin or member",
+        ),
+        ({"providers": []}, "must be a JSON list of providers"),
+        ([], "holds no providers"),
+        ("{not json", "is not valid JSON"),
+    ],
+)
+def test_import_with_an_invalid_item_changes_nothing(
+    runner, make_account, tmp_path, document, fragment
+):
+    account = make_account()
+    result = runner.invoke(
+        args=[
+            "providers",
+            "import",
+            _write(tmp_path, document),
+            "--account",
+            str(account.id),
+            "--skip-discovery-check",
+        ]
+    )
+    assert_error(result, fragment)
+    assert run_json(runner, "providers", "list") == []
+    assert run_json(runner, "audit", "list", "--action", "provider.") == []
+
+
+def test_import_never_overwrites_a_scheme_in_use(runner, make_account, tmp_path):
+    account = make_account()
+    existing = create(runner, account.id)
+    result = runner.invoke(
+        args=[
+            "providers",
+            "import",
+            _write(tmp_path, [_item("New"), _item("acmesso", display_name="Impostor")]),
+            "--account",
+            str(account.id),
+            "--skip-discovery-check",
+        ]
+    )
+    assert_error(result, "item 2, scheme: Authentication scheme 'acmesso' is already in use")
+    assert [p["id"] for p in run_json(runner, "providers", "list")] == [existing["id"]]
+    assert run_json(runner, "providers", "show", existing["id"])["display_name"] == "Acme SSO"
+
+
+def test_import_checks_discovery_unless_skipped(runner, make_account, tmp_path):
+    account = make_account()
+    path = _write(tmp_path, [_item("Good")])
+    result = runner.invoke(args=["providers", "import", path, "--account", str(account.id)])
+    assert_error(result, "item 1, authority: The discovery document at")
+    assert run_json(runner, "providers", "list") == []
+
+
+def test_import_needs_an_existing_account(runner, tmp_path):
+    path = _write(tmp_path, [_item("Good")])
+    assert_error(runner.invoke(args=["providers", "import", path]), "--account")
+    assert_error(
+        runner.invoke(args=["providers", "import", path, "--account", "999"]),
+        "no account with id 999",
+    )
+
+
+def test_import_of_a_missing_file_is_an_error(runner, make_account, tmp_path):
+    account = make_account()
+    missing = tmp_path / "nope.json"
+    assert_error(
+        runner.invoke(args=["providers", "import", str(missing), "--account", str(account.id)]),
+        f"Cannot read {missing}: No such file or directory.",
+    )

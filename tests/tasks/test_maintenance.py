@@ -23,11 +23,16 @@ from app.models import AuditEvent
 from app.models import Session
 from app.services import audit
 from app.services import sessions
+from app.tasks.maintenance import purge_expired_scheme_aliases
 from app.tasks.maintenance import purge_expired_sessions
 from app.tasks.maintenance import purge_old_audit_events
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL") or None
-MAINTENANCE_TASKS = {"maintenance.purge_expired_sessions", "maintenance.purge_old_audit_events"}
+MAINTENANCE_TASKS = {
+    "maintenance.purge_expired_sessions",
+    "maintenance.purge_old_audit_events",
+    "maintenance.purge_expired_scheme_aliases",
+}
 RESULT_TIMEOUT = 30
 
 
@@ -107,6 +112,45 @@ def test_purge_old_audit_events_task_uses_the_retention_setting(app, celery_app)
 
     with app.app_context():
         assert list(db.session.scalars(select(AuditEvent.id))) == [recent_id]
+
+
+def test_purge_expired_scheme_aliases_frees_the_old_names(app, celery_app, make_account):
+    from app.models import ProviderSchemeAlias
+    from app.models import SsoProvider
+
+    account = make_account()
+    now = datetime.now(UTC)
+    with app.app_context():
+        provider = SsoProvider(
+            account_id=account.id,
+            display_name="Acme",
+            scheme="AcmeNew",
+            scheme_key="acmenew",
+            client_id="acme",
+            authority="https://idp.example",
+        )
+        db.session.add(provider)
+        db.session.flush()
+        for scheme, expires_at in (
+            ("Gone", now - timedelta(hours=1)),
+            ("Kept", now + timedelta(days=1)),
+        ):
+            db.session.add(
+                ProviderSchemeAlias(
+                    provider_id=provider.id,
+                    scheme=scheme,
+                    scheme_key=scheme.lower(),
+                    created_at=now - timedelta(days=30),
+                    expires_at=expires_at,
+                )
+            )
+        db.session.commit()
+
+    assert purge_expired_scheme_aliases.delay().get(timeout=RESULT_TIMEOUT) == 1
+
+    with app.app_context():
+        assert list(db.session.scalars(select(ProviderSchemeAlias.scheme))) == ["Kept"]
+    assert purge_expired_scheme_aliases.delay().get(timeout=RESULT_TIMEOUT) == 0
 
 
 def test_tasks_run_where_the_configuration_says(app, celery_app, celery_worker, make_user):
