@@ -111,13 +111,20 @@ def list_events(
     *,
     account_id: int | None = None,
     action_prefix: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
     limit: int | None = 100,
     offset: int = 0,
 ) -> list[AuditEvent]:
-    """Audit events, newest first, optionally for one account and an action prefix."""
+    """Audit events, newest first, optionally for one account, an action prefix and a time
+    range: ``since`` included, ``until`` excluded (aware datetimes)."""
     query = select(AuditEvent).order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
     if account_id is not None:
         query = query.where(AuditEvent.account_id == account_id)
+    if since is not None:
+        query = query.where(AuditEvent.occurred_at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.occurred_at < until)
     if action_prefix:
         # Prefix match on whole dotted segments or a partial one ("auth" and "auth.sign").
         escaped = action_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
