@@ -21,6 +21,7 @@ from app.models.base import utcnow
 from app.services import accounts
 from app.services import audit
 from app.services import authz
+from app.services import role_mapping
 from app.services import users
 from app.services.errors import ServiceError
 from app.services.errors import ValidationError
@@ -195,13 +196,83 @@ def resolve_login(
         _record_refusal(provider, identity, refusal, meta)
         raise
     _record_success(provider, result, plan.via, meta)
+    # Role mapping (the IdP's groups or roles claim) updates an existing membership or the
+    # one JIT just made; it never re-adds a member whom SCIM or an admin removed.
+    if provider.account_id is not None and _is_member(provider, result.user):
+        role_mapping.apply_role_mapping(result.user, provider, identity.claims or {}, meta=meta)
     return result
+
+
+@dataclass(frozen=True)
+class LoginPreview:
+    """What a sign-in with this identity would do ("Test sign-in"), computed read-only.
+
+    ``outcome`` is "existing" (signs in as ``user``), "create" (just-in-time user) or
+    "refused" (``reason`` and ``message`` say why, as the person would be told). ``allowed``
+    and ``cel_reason`` are the CEL verdict (``allowed`` is None without an expression);
+    ``role`` is the role in the provider's account after the sign-in (None: no membership
+    there, or a built-in provider).
+    """
+
+    outcome: str
+    via: str | None = None
+    user: User | None = None
+    reason: str | None = None
+    message: str | None = None
+    allowed: bool | None = None
+    cel_reason: str | None = None
+    role: str | None = None
+
+
+def preview_login(provider: SsoProvider, identity: ExternalIdentity) -> LoginPreview:
+    """Run the resolution order and the CEL expression without writing anything (no user,
+    membership, link, session or audit event), even for a disabled provider (admins test a
+    provider before enabling it). Never raises SignInRefused: a refusal is the outcome."""
+    allowed: bool | None = None
+    cel_reason: str | None = None
+    if not authz.is_blank(provider.authorization_expression):
+        verdict = authz.evaluate(provider.authorization_expression, identity.claims or {})
+        allowed, cel_reason = verdict.allowed is True, verdict.reason
+    try:
+        subject, email = _validate_identity(identity)
+        plan = _plan(provider, identity, subject, email)
+        _authorise(provider, identity, plan.user)
+    except SignInRefused as refusal:
+        return LoginPreview(
+            "refused",
+            user=refusal.user,
+            reason=refusal.reason,
+            message=refusal.message,
+            allowed=allowed,
+            cel_reason=cel_reason,
+        )
+    role: str | None = None
+    if provider.account_id is not None:
+        current = accounts.role_in(plan.user, provider.account_id) if plan.user else None
+        if current is None and plan.add_membership:
+            current = Role(provider.default_role)
+        mapped = role_mapping.mapped_role(provider, identity.claims or {})
+        if mapped is not None and (current is not None or plan.add_membership):
+            current = mapped
+        role = current.value if current is not None else None
+    return LoginPreview(
+        "create" if plan.user is None else "existing",
+        via=plan.via,
+        user=plan.user,
+        allowed=allowed,
+        cel_reason=cel_reason,
+        role=role,
+    )
 
 
 # --- read-only phase ----------------------------------------------------------------------
 def _validate(provider: SsoProvider, identity: ExternalIdentity) -> tuple[str, str | None]:
     if not provider.enabled:
         raise _refusal("provider_disabled")
+    return _validate_identity(identity)
+
+
+def _validate_identity(identity: ExternalIdentity) -> tuple[str, str | None]:
     subject = identity.subject
     # Subjects are opaque and compared exactly (never stripped or case-folded); NUL and other
     # control characters cannot be stored by PostgreSQL or shown safely in the audit log.

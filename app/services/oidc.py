@@ -89,6 +89,22 @@ def _authorization_endpoint(provider: SsoProvider) -> str:
     return _keys(provider).discovery["authorization_endpoint"]
 
 
+def signin_redirect_uri(provider: SsoProvider) -> str:
+    """The redirect_uri an authorization request sends.
+
+    After a rename, the IdP may still have only the old callback URL registered, and an
+    authorization request naming an unregistered redirect_uri is refused by the IdP. So while
+    the old scheme is a live alias (the grace period after a rename, or until an admin says
+    the IdP has the new URL), requests keep sending the newest old URL; the alias route
+    accepts the answer. The pages show the new URLs to register from the start.
+    """
+    aliases = providers.live_aliases(provider)
+    if aliases:
+        newest = max(aliases, key=lambda alias: alias.created_at)
+        return providers.alias_callback_urls(newest)["signin"]
+    return providers.callback_urls(provider)["signin"]
+
+
 def begin(
     provider: SsoProvider,
     *,
@@ -104,10 +120,11 @@ def begin(
     nonce = secrets.token_urlsafe(32)
     verifier = secrets.token_urlsafe(64)
     response_type = provider.response_type if provider.protocol == Protocol.OIDC else "code"
+    redirect_uri = signin_redirect_uri(provider)
     params = {
         "response_type": response_type,
         "client_id": provider.client_id,
-        "redirect_uri": providers.callback_urls(provider)["signin"],
+        "redirect_uri": redirect_uri,
         "scope": " ".join(provider.scopes) or "openid",
         "state": state,
     }
@@ -126,6 +143,8 @@ def begin(
         "nonce": nonce,
         "code_verifier": verifier,
         "response_type": response_type,
+        # RFC 6749 §4.1.3: the token request repeats the redirect_uri of this request exactly.
+        "redirect_uri": redirect_uri,
         "intent": intent,
         "next": next_url,
         "link_session_id": link_session_id,
@@ -206,14 +225,18 @@ def _client_auth(provider: SsoProvider, keys: metadata.ProviderKeys | None):
 
 
 def _token_request(
-    provider: SsoProvider, keys: metadata.ProviderKeys | None, code: str, verifier: str
+    provider: SsoProvider,
+    keys: metadata.ProviderKeys | None,
+    code: str,
+    verifier: str,
+    redirect_uri: str | None,
 ) -> dict[str, Any]:
     endpoint = keys.discovery["token_endpoint"] if keys else provider.token_endpoint
     basic, extra = _client_auth(provider, keys)
     form = {
         "grant_type": "authorization_code",
         "code": code,
-        "redirect_uri": providers.callback_urls(provider)["signin"],
+        "redirect_uri": redirect_uri or providers.callback_urls(provider)["signin"],
         "code_verifier": verifier,
         **extra,
     }
@@ -357,7 +380,7 @@ def complete(
     code = params.get("code")
     if not code:
         raise SignInFailed("code.missing", "The identity provider sent no code.", 400)
-    tokens = _token_request(provider, keys, code, flow["code_verifier"])
+    tokens = _token_request(provider, keys, code, flow["code_verifier"], flow.get("redirect_uri"))
     id_token = tokens.get("id_token")
     if not isinstance(id_token, str):
         raise SignInFailed("id_token.missing", "The identity provider sent no token.", 502)
@@ -397,7 +420,7 @@ def _complete_oauth2(
     code = params.get("code")
     if not code:
         raise SignInFailed("code.missing", "The identity provider sent no code.", 400)
-    tokens = _token_request(provider, None, code, flow["code_verifier"])
+    tokens = _token_request(provider, None, code, flow["code_verifier"], flow.get("redirect_uri"))
     access_token = tokens.get("access_token")
     if not isinstance(access_token, str):
         raise SignInFailed("token_endpoint", "The identity provider sent no access token.", 502)

@@ -86,12 +86,19 @@ def sso(guid: str):
     return _start_flow(provider, next_url=safe_next(request.args.get("next")))
 
 
-def _start_flow(provider: SsoProvider, *, next_url: str | None, intent: str = "login"):
+def _start_flow(
+    provider: SsoProvider,
+    *,
+    next_url: str | None,
+    intent: str = "login",
+    extra: dict | None = None,
+):
     try:
         auth_request = oidc.begin(provider, intent=intent, next_url=next_url)
     except oidc.SignInFailed as failure:
         db.session.commit()  # keep a freshly recorded metadata error
         return _refuse(provider, failure)
+    auth_request.flow.update(extra or {})
     flows = dict(session.get(FLOWS_KEY) or {})
     now = time.time()
     flows = {k: v for k, v in flows.items() if v.get("expires_at", 0) > now}
@@ -133,23 +140,32 @@ def _relay_form_post(provider: SsoProvider):
     return response
 
 
+def _provider_for_callback(scheme: str) -> SsoProvider | None:
+    """The provider of a callback path: its current scheme, or an old one still in its grace
+    period after a rename (an IdP not yet updated keeps working)."""
+    found = providers.resolve_callback_scheme(scheme)
+    return found[0] if found is not None else None
+
+
 def _callback(scheme: str):
-    provider = providers.find_by_scheme(scheme)
+    provider = _provider_for_callback(scheme)
     if provider is None:
         return refusal_page(404, "There is no such sign-in provider.", "Unknown provider")
-    if not provider.enabled:
-        return _refuse(
-            provider,
-            oidc.SignInFailed(
-                "provider_disabled", f"Sign-in with {provider.display_name} is disabled.", 403
-            ),
-        )
     params = request.form if request.method == "POST" else request.args
     state = params.get("state") or ""
     flows = dict(session.get(FLOWS_KEY) or {})
     flow = flows.pop(state, None) if state else None
     if flow is None and request.method == "POST" and request.form.get("keyward_relay") != "1":
         return _relay_form_post(provider)
+    testing = flow is not None and flow.get("intent") == "test"
+    # Admins test a provider before enabling it; everyone else is refused while it is off.
+    if not provider.enabled and not testing:
+        return _refuse(
+            provider,
+            oidc.SignInFailed(
+                "provider_disabled", f"Sign-in with {provider.display_name} is disabled.", 403
+            ),
+        )
     # One-time use: the state is gone from the session whatever happens next.
     session[FLOWS_KEY] = flows
     if flow is None or flow.get("provider_id") != str(provider.id):
@@ -164,7 +180,11 @@ def _callback(scheme: str):
     except oidc.SignInFailed as failure:
         db.session.rollback()
         session[FLOWS_KEY] = flows
+        if testing:
+            return _test_result(provider, flow, failure=failure)
         return _refuse(provider, failure)
+    if testing:
+        return _test_result(provider, flow, result=result)
     try:
         resolved = linking.resolve_login(provider, result.identity, meta=request_meta())
     except linking.SignInRefused as failure:
@@ -184,6 +204,13 @@ def _callback(scheme: str):
     db.session.commit()
     signins.labels(method, "succeeded").inc()
     return redirect(safe_next(flow.get("next")) or url_for("home.index"), code=303)
+
+
+def _test_result(provider: SsoProvider, flow: dict, *, result=None, failure=None):
+    """The end of a "Test sign-in": what a real sign-in would do, and nothing written."""
+    from app.blueprints.providers.test_signin import render_test_result
+
+    return render_test_result(provider, flow, result=result, failure=failure)
 
 
 @bp.route("/signin-<scheme>", methods=["GET", "POST"])
@@ -228,7 +255,7 @@ def frontchannel_logout(scheme: str):
 
     It arrives without our (SameSite=Lax) cookie, so the sessions are found by the IdP's sid.
     """
-    provider = providers.find_by_scheme(scheme)
+    provider = _provider_for_callback(scheme)
     if provider is None:
         abort(404)
     sid = request.args.get("sid")
@@ -255,7 +282,7 @@ def frontchannel_logout(scheme: str):
 @csrf.exempt  # server-to-server; the signed logout token is the authentication
 def backchannel_logout(scheme: str):
     """OIDC Back-Channel Logout 1.0 §2.5-2.8: 200 and the sessions end, or 400."""
-    provider = providers.find_by_scheme(scheme)
+    provider = _provider_for_callback(scheme)
     if provider is None or not provider.enabled:
         return _backchannel_error("unknown or disabled provider")
     token = request.form.get("logout_token")
