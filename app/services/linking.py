@@ -1,13 +1,18 @@
-"""The sign-in resolution order (DESIGN "Sign-in rules"): external identity -> Keyward user."""
+"""External identity -> Keyward user: the sign-in resolution order, profile link and unlink."""
 
 from __future__ import annotations
 
 import unicodedata
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from datetime import datetime
+from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import func
+from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -23,8 +28,10 @@ from app.services import audit
 from app.services import authz
 from app.services import role_mapping
 from app.services import users
+from app.services.errors import NotFound
 from app.services.errors import ServiceError
 from app.services.errors import ValidationError
+from app.services.errors import uuid_or_not_found
 
 MAX_SUBJECT_LENGTH = 255  # ExternalLogin.subject
 MAX_NAME_LENGTH = 200  # User.given_name / family_name
@@ -579,3 +586,494 @@ def _record_refusal(
         details=details,
         meta=meta,
     )
+
+
+# --- linking and unlinking from the profile -----------------------------------------------
+# Linking needs a sign-in (password, or a linked provider) no older than this: whoever finds
+# a signed-in browser left open must not be able to attach their own login to that user.
+REAUTHENTICATION_WINDOW = timedelta(minutes=10)
+
+
+class LinkRefused(ServiceError):
+    """A link, unlink or re-authentication for linking that must not happen.
+
+    ``reason`` is the machine name for the audit log, ``status`` the HTTP status of the
+    page, ``message`` a short sentence for the person: no secret and no claim value.
+    """
+
+    def __init__(self, reason: str, message: str, status: int = 403, *, detail: str = ""):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+        self.detail = detail  # for the audit log only
+
+
+_LINK_REFUSALS: dict[str, tuple[int, str]] = {
+    "not_available": (404, "This sign-in method is not available to you."),
+    "provider_disabled": (403, "This sign-in method is disabled."),
+    "user_inactive": (403, "Your Keyward user is deactivated. Ask your administrator."),
+    "invalid_identity": (400, "The identity provider sent an identity Keyward cannot use."),
+    "cel_refused": (403, "Your organisation does not allow this login to be linked."),
+    "identity_taken": (
+        409,
+        "This login already belongs to another Keyward user, so it was not linked to yours. "
+        "Nothing was changed.",
+    ),
+    "already_linked": (409, "This login is already linked to your user. Nothing was changed."),
+    "provider_linked": (
+        409,
+        "You already have a login with this provider linked. Unlink it first to link "
+        "another one. Nothing was changed.",
+    ),
+    "signed_out": (
+        403,
+        "You were signed out while linking, so nothing was linked. Sign in and start again "
+        "from your profile.",
+    ),
+    "user_changed": (
+        403,
+        "This link was started by another Keyward user, so nothing was linked. Start again "
+        "from your profile.",
+    ),
+    "session_changed": (
+        403,
+        "This link was started in an earlier session, so nothing was linked. Start again "
+        "from your profile.",
+    ),
+    "reauth_mismatch": (
+        403,
+        "You signed in at the identity provider with a login that is not linked to your "
+        "Keyward user. Nothing was linked.",
+    ),
+    "last_method": (
+        409,
+        "This login is your only way to sign in. Set a password first, then unlink it.",
+    ),
+}
+
+
+def _link_refusal(reason: str, *, detail: str = "") -> LinkRefused:
+    status, message = _LINK_REFUSALS[reason]
+    return LinkRefused(reason, message, status, detail=detail)
+
+
+@dataclass(frozen=True)
+class LinkedLogin:
+    """One row of the profile's "External logins" list.
+
+    ``hint`` is the identity's email at link time, else a shortened subject; ``removable``
+    is False for the user's last way to sign in (see unlink)."""
+
+    login: ExternalLogin
+    provider: SsoProvider
+    account_name: str | None
+    hint: str
+    removable: bool
+
+
+def subject_hint(subject: str) -> str:
+    """A recognisable but short form of an opaque subject (``abcd…wxyz``)."""
+    return subject if len(subject) <= 16 else f"{subject[:6]}…{subject[-4:]}"
+
+
+def _usable(provider: SsoProvider) -> bool:
+    # A login at a disabled provider cannot sign anyone in: it does not count as a way in.
+    return bool(provider.enabled)
+
+
+def list_external_logins(user: User) -> list[LinkedLogin]:
+    """The user's linked logins with their providers, by provider name (read-only)."""
+    rows = list(
+        db.session.execute(
+            select(ExternalLogin, SsoProvider)
+            .join(SsoProvider, SsoProvider.id == ExternalLogin.provider_id)
+            .where(ExternalLogin.user_id == user.id)
+            .order_by(SsoProvider.display_name, ExternalLogin.id)
+        ).tuples()
+    )
+    usable = sum(1 for _, provider in rows if _usable(provider))
+    result = []
+    for login, provider in rows:
+        others = usable - (1 if _usable(provider) else 0)
+        result.append(
+            LinkedLogin(
+                login=login,
+                provider=provider,
+                account_name=provider.account.name if provider.account_id is not None else None,
+                hint=login.email or subject_hint(login.subject),
+                removable=user.has_password or others > 0,
+            )
+        )
+    return result
+
+
+def _available_query(user: User):
+    # The accounts where the membership grants access (the same rule as role_in).
+    member_of = [membership.account_id for membership in accounts.memberships_of(user)]
+    return select(SsoProvider).where(
+        # SAML sign-in is not available yet (issue 7), so neither is linking through it.
+        SsoProvider.protocol != "saml",
+        # Built-in providers (no account) for everyone; an account's only for its members.
+        or_(SsoProvider.account_id.is_(None), SsoProvider.account_id.in_(member_of)),
+    )
+
+
+def linkable_providers(user: User) -> list[SsoProvider]:
+    """Providers the user may link and has not linked yet: the enabled built-in ones and the
+    enabled providers of the user's accounts (hidden ones too: hiding only takes the button
+    off /login), built-ins first, then by name (read-only)."""
+    linked = select(ExternalLogin.provider_id).where(ExternalLogin.user_id == user.id)
+    query = (
+        _available_query(user)
+        .where(SsoProvider.enabled.is_(True), SsoProvider.id.not_in(linked))
+        .order_by(SsoProvider.account_id.is_not(None), SsoProvider.display_name)
+    )
+    return list(db.session.scalars(query))
+
+
+def provider_for_link(user: User, provider_id: uuid.UUID | str) -> SsoProvider:
+    """The provider ``provider_id`` if ``user`` may start linking it now (read-only).
+
+    Raises NotFound for an unknown provider and for one the user may not see (another
+    account's, or SAML), so guessing GUIDs tells nothing; LinkRefused when it is disabled, the
+    user is deactivated or already has a login with it."""
+    key = uuid_or_not_found(provider_id, "No such sign-in method.")
+    provider = db.session.scalar(_available_query(user).where(SsoProvider.id == key))
+    if provider is None:
+        raise NotFound("No such sign-in method.")
+    if not user.active:
+        raise _link_refusal("user_inactive")
+    if not provider.enabled:
+        raise _link_refusal("provider_disabled")
+    if _find_provider_login_of(provider, user) is not None:
+        raise _link_refusal("provider_linked")
+    return provider
+
+
+def _own_logins_query(user: User):
+    return (
+        select(SsoProvider)
+        .join(ExternalLogin, ExternalLogin.provider_id == SsoProvider.id)
+        .where(
+            ExternalLogin.user_id == user.id,
+            SsoProvider.enabled.is_(True),
+            SsoProvider.protocol != "saml",
+        )
+    )
+
+
+def reauthentication_providers(user: User) -> list[SsoProvider]:
+    """The enabled providers the user has a login with: each can confirm it is them before
+    a link (read-only)."""
+    return list(db.session.scalars(_own_logins_query(user).order_by(SsoProvider.display_name)))
+
+
+def provider_for_reauthentication(user: User, provider_id: uuid.UUID | str) -> SsoProvider:
+    """One of reauthentication_providers(user), else NotFound (read-only)."""
+    key = uuid_or_not_found(provider_id, "No such sign-in method.")
+    provider = db.session.scalar(_own_logins_query(user).where(SsoProvider.id == key))
+    if provider is None:
+        raise NotFound("No such sign-in method.")
+    return provider
+
+
+def needs_reauthentication(
+    authenticated_at: datetime | None, *, now: datetime | None = None
+) -> bool:
+    """True when the session's last sign-in (``Session.authenticated_at``) is missing or
+    older than REAUTHENTICATION_WINDOW."""
+    if authenticated_at is None:
+        return True
+    return (now or utcnow()) - authenticated_at > REAUTHENTICATION_WINDOW
+
+
+def _may_link(user: User, provider: SsoProvider) -> None:
+    if not user.active:
+        raise _link_refusal("user_inactive")
+    if provider.protocol == "saml" or (
+        provider.account_id is not None and not _is_member(provider, user)
+    ):
+        raise _link_refusal("not_available")
+    if not provider.enabled:
+        raise _link_refusal("provider_disabled")
+
+
+def _check_identity(provider: SsoProvider, identity: ExternalIdentity) -> tuple[str, str | None]:
+    """The subject and email, and the provider's CEL verdict: an identity the organisation
+    refuses at sign-in cannot be linked either."""
+    try:
+        subject, email = _validate_identity(identity)
+    except SignInRefused:
+        raise _link_refusal("invalid_identity") from None
+    if not authz.is_blank(provider.authorization_expression):
+        verdict = authz.evaluate(provider.authorization_expression, identity.claims or {})
+        if verdict.allowed is not True:
+            raise _link_refusal("cel_refused", detail=verdict.reason or "")
+    return subject, email
+
+
+def link_identity(
+    user: User, provider: SsoProvider, identity: ExternalIdentity, *, meta: audit.RequestMeta
+) -> ExternalLogin:
+    """Link a verified external identity to ``user`` (the signed-in user who started the
+    link flow): never to a new user, never to another user.
+
+    Refused (LinkRefused) when the user is deactivated; the provider is disabled, SAML, or an
+    account's provider and the user is not a member of that account; the identity is
+    malformed or the provider's CEL expression does not return true; the identity is
+    already linked (to this user or another one), or the provider's account has a
+    SCIM-provisioned member other than ``user`` whose ``external_id`` is this identity's (the
+    directory says it is someone else); or the user already has a login with this provider
+    (one per provider).
+
+    Side effects (add + flush; the caller commits): the ExternalLogin (email kept as a
+    display hint, ``last_used_at`` empty until it signs in) and ``auth.link.created``. A
+    refusal adds only ``auth.link.refused``, so the caller commits to keep it. A concurrent
+    link of the same identity or provider loses on the unique constraints inside a SAVEPOINT
+    and is refused like the sequential case.
+    """
+    subject: str | None = None
+    try:
+        _may_link(user, provider)
+        subject, email = _check_identity(provider, identity)
+        _check_link_conflicts(user, provider, identity, subject)
+        login = _insert_link(user, provider, subject, email)
+    except LinkRefused as refusal:
+        record_link_refusal(provider, refusal, user=user, subject=subject, meta=meta)
+        raise
+    audit.record(
+        "auth.link.created",
+        actor=user,
+        account_id=provider.account_id,
+        target_type="user",
+        target_id=user.id,
+        details={"provider": str(provider.id), "subject": subject, "via": "profile"},
+        meta=meta,
+    )
+    return login
+
+
+def _check_link_conflicts(
+    user: User, provider: SsoProvider, identity: ExternalIdentity, subject: str
+) -> None:
+    existing = _find_login(provider, subject)
+    if existing is not None:
+        raise _link_refusal("already_linked" if existing.user_id == user.id else "identity_taken")
+    if _find_provider_login_of(provider, user) is not None:
+        raise _link_refusal("provider_linked")
+    if provider.account_id is not None:
+        # Step 2 of resolve_login would give this identity to the SCIM user it names; a link
+        # to anyone else would take that user's sign-in away from them.
+        external_id = _external_id_value(provider, identity, subject)
+        try:
+            owner = _find_scim_user(provider, external_id) if external_id else None
+        except SignInRefused:
+            raise _link_refusal("identity_taken", detail="external_id_ambiguous") from None
+        if owner is not None and owner.id != user.id:
+            raise _link_refusal("identity_taken", detail="external_id")
+
+
+def _insert_link(
+    user: User, provider: SsoProvider, subject: str, email: str | None
+) -> ExternalLogin:
+    _open_sqlite_transaction()
+    try:
+        with db.session.begin_nested():
+            login = ExternalLogin(
+                user_id=user.id, provider_id=provider.id, subject=subject, email=email
+            )
+            db.session.add(login)
+            db.session.flush()
+            return login
+    except IntegrityError:
+        # Another request linked this identity, or this provider for this user, since the
+        # checks: rolled back to the savepoint, refused as if it had come first.
+        pass
+    existing = _find_login(provider, subject)
+    if existing is None:
+        raise _link_refusal("provider_linked")
+    raise _link_refusal("already_linked" if existing.user_id == user.id else "identity_taken")
+
+
+def record_link_refusal(
+    provider: SsoProvider | None,
+    refusal: LinkRefused,
+    *,
+    user: User | None,
+    meta: audit.RequestMeta,
+    subject: str | None = None,
+    target_user_id: uuid.UUID | str | None = None,
+    intent: str | None = None,
+) -> None:
+    """Add the ``auth.link.refused`` event of a refused link (nothing else is written).
+
+    ``user`` is who was signed in (the actor), ``target_user_id`` the user the flow was
+    started for when that differs (a flow that arrived in another session)."""
+    details: dict[str, Any] = {"reason": refusal.reason}
+    if provider is not None:
+        details["provider"] = str(provider.id)
+    if subject is not None:
+        details["subject"] = subject
+    if refusal.detail:
+        details["detail"] = refusal.detail[:300]
+    if intent is not None:
+        details["intent"] = intent
+    target = target_user_id if target_user_id is not None else (user.id if user else None)
+    audit.record(
+        "auth.link.refused",
+        actor=user,
+        account_id=provider.account_id if provider is not None else None,
+        target_type="user" if target is not None else None,
+        target_id=target,
+        details=details,
+        meta=meta,
+    )
+
+
+def check_flow_binding(
+    provider: SsoProvider,
+    *,
+    started_by: str | None,
+    started_in: str | None,
+    user: User | None,
+    session_id: uuid.UUID | str | None,
+    intent: str,
+    meta: audit.RequestMeta,
+) -> None:
+    """A link (or re-authentication) flow's callback must arrive in the very session, and
+    for the very user, that started it: ``started_by``/``started_in`` are the user and
+    session record ids stored in the flow, ``user``/``session_id`` the current ones.
+
+    Raises LinkRefused (``signed_out``, ``user_changed``, ``session_changed``) after adding
+    ``auth.link.refused``; writes nothing when the binding holds."""
+    if user is None or session_id is None:
+        reason = "signed_out"
+    elif started_by is None or str(user.id) != started_by:
+        reason = "user_changed"
+    elif started_in is None or str(session_id) != started_in:
+        # Signed out and in again (or the session was rotated) since the flow started.
+        reason = "session_changed"
+    else:
+        return
+    refusal = _link_refusal(reason)
+    record_link_refusal(
+        provider, refusal, user=user, meta=meta, target_user_id=started_by, intent=intent
+    )
+    raise refusal
+
+
+def confirm_reauthentication(
+    user: User, provider: SsoProvider, identity: ExternalIdentity, *, meta: audit.RequestMeta
+) -> ExternalLogin:
+    """Re-authentication before a link through one of the user's own linked providers: the
+    verified identity must be the user's existing login at ``provider``, the user active, the
+    provider enabled and its CEL expression true.
+
+    Side effects (add + flush; the caller commits and starts a new session): the login's
+    ``last_used_at`` and ``auth.signin.succeeded`` (``reauthentication``: true). Raises
+    LinkRefused after adding ``auth.signin.refused`` (the caller commits to keep it)."""
+    subject: str | None = None
+    try:
+        if not user.active:
+            raise _link_refusal("user_inactive")
+        if not provider.enabled:
+            raise _link_refusal("provider_disabled")
+        subject, _ = _check_identity(provider, identity)
+        login = _find_login(provider, subject)
+        if login is None or login.user_id != user.id:
+            raise _link_refusal("reauth_mismatch")
+    except LinkRefused as refusal:
+        details: dict[str, Any] = {
+            "method": provider.protocol,
+            "provider": str(provider.id),
+            "reason": refusal.reason,
+            "reauthentication": True,
+        }
+        if subject is not None:
+            details["subject"] = subject
+        audit.record(
+            "auth.signin.refused",
+            actor=user,
+            account_id=provider.account_id,
+            target_type="user",
+            target_id=user.id,
+            details=details,
+            meta=meta,
+        )
+        raise
+    login.last_used_at = utcnow()
+    audit.record(
+        "auth.signin.succeeded",
+        actor=user,
+        account_id=provider.account_id,
+        target_type="user",
+        target_id=user.id,
+        details={
+            "method": provider.protocol,
+            "provider": str(provider.id),
+            "created": False,
+            "linked": False,
+            "reauthentication": True,
+        },
+        meta=meta,
+    )
+    db.session.flush()
+    return login
+
+
+def unlink(user: User, login_id: int | str, *, meta: audit.RequestMeta) -> ExternalLogin:
+    """Remove one of the user's own linked logins.
+
+    Refused (LinkRefused ``last_method``) when it would leave the user no way to sign in: no
+    password and no other login at an enabled provider. Another user's login, or an unknown
+    id, is NotFound (never revealed). Sessions are left alone, including one signed in
+    through this login.
+
+    Side effects (delete + flush; the caller commits): the ExternalLogin and
+    ``auth.link.removed`` (provider and subject). Two unlinks at once are serialised on the
+    user's row, so together they cannot remove the last way in either.
+    """
+    try:
+        key = int(login_id)
+    except (TypeError, ValueError):
+        raise NotFound("No such login.") from None
+    # Serialise with other unlinks (and password changes) of this user before counting.
+    _open_sqlite_transaction()
+    db.session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    login = db.session.scalar(
+        select(ExternalLogin).where(ExternalLogin.id == key, ExternalLogin.user_id == user.id)
+    )
+    if login is None:
+        raise NotFound("No such login.")
+    db.session.refresh(user, ["password_hash"])
+    if not user.has_password and not _other_ways_in(user, login):
+        raise _link_refusal("last_method")
+    provider = login.provider
+    details = {"provider": str(provider.id), "subject": login.subject}
+    db.session.delete(login)
+    db.session.flush()
+    audit.record(
+        "auth.link.removed",
+        actor=user,
+        account_id=provider.account_id,
+        target_type="user",
+        target_id=user.id,
+        details=details,
+        meta=meta,
+    )
+    return login
+
+
+def _other_ways_in(user: User, login: ExternalLogin) -> bool:
+    others = db.session.scalar(
+        select(func.count())
+        .select_from(ExternalLogin)
+        .join(SsoProvider, SsoProvider.id == ExternalLogin.provider_id)
+        .where(
+            ExternalLogin.user_id == user.id,
+            ExternalLogin.id != login.id,
+            SsoProvider.enabled.is_(True),
+        )
+    )
+    return bool(others)

@@ -18,3 +18,9 @@ class PasswordChangeForm(FlaskForm):
 
 class EndSessionForm(FlaskForm):
     """Only the CSRF token: the session id is in the URL."""
+
+
+class ReauthenticateForm(FlaskForm):
+    """The password again, before linking when the last sign-in is not recent."""
+
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])

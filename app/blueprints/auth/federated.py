@@ -48,6 +48,8 @@ FLOWS_KEY = "oidc_flows"
 LOGOUT_STATES_KEY = "logout_states"
 # Pending sign-ins kept per browser: enough for a few tabs, bounded against session bloat.
 MAX_PENDING_FLOWS = 5
+# Flows the profile's "External logins" starts (start_bound_flow) and finishes.
+ACCOUNT_INTENTS = frozenset({"link", "reauthenticate"})
 # Longer than any logout token can stay valid (id_tokens.LOGOUT_TOKEN_MAX_AGE plus skew).
 BACKCHANNEL_EVENT_TTL = 24 * 3600
 
@@ -107,6 +109,16 @@ def _start_flow(
     flows[auth_request.state] = auth_request.flow
     session[FLOWS_KEY] = flows
     return redirect(auth_request.url, code=303)
+
+
+def start_bound_flow(
+    provider: SsoProvider, *, intent: str, user_id, session_id, extra: dict | None = None
+):
+    """Start a profile flow (``intent`` "link" or "reauthenticate") bound to this browser's
+    session record and to its signed-in user: the callback refuses it anywhere else, and
+    after a sign-out or another sign-in in between (see ACCOUNT_INTENTS in _callback)."""
+    bound = {"link_user_id": str(user_id), "link_session_id": str(session_id)}
+    return _start_flow(provider, next_url=None, intent=intent, extra={**(extra or {}), **bound})
 
 
 def _refuse(provider: SsoProvider | None, failure: oidc.SignInFailed):
@@ -175,6 +187,12 @@ def _callback(scheme: str):
                 "state", "This sign-in link has expired or was already used. Please start again."
             ),
         )
+    if flow.get("intent") in ACCOUNT_INTENTS:
+        # Linking from the profile: bound to the session and user that started it, and it
+        # never signs anyone in as someone else (app/blueprints/account/link_flow.py).
+        from app.blueprints.account.link_flow import finish_account_flow
+
+        return finish_account_flow(provider, flow, params)
     try:
         result = oidc.complete(provider, params, flow)
     except oidc.SignInFailed as failure:
