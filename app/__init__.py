@@ -132,8 +132,9 @@ def register_blueprints(app: Flask) -> None:
     from app.blueprints.home import bp as home_bp
     from app.blueprints.ops import bp as ops_bp
     from app.blueprints.providers import bp as providers_bp
+    from app.blueprints.scim import bp as scim_bp
 
-    for blueprint in (home_bp, auth_bp, account_bp, admin_bp, providers_bp, ops_bp):
+    for blueprint in (home_bp, auth_bp, account_bp, admin_bp, providers_bp, ops_bp, scim_bp):
         app.register_blueprint(blueprint)
 
 

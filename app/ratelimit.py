@@ -114,3 +114,26 @@ def count_failed_sign_in(email_limit: str, email: str) -> None:
     """A failed attempt uses up one of the address's tries (it stops one account being
     guessed at from many IPs)."""
     _call("hit", email_limit, "login-email", email)
+
+
+# --- the SCIM per-token limit ------------------------------------------------------------------
+# Every SCIM request is counted against its token (SCIM_RATE_LIMIT, DESIGN): the same direct
+# counters on the limiter's storage as the sign-in limits, for the same reason (an IdP syncing
+# a tenant sends hundreds of requests a second, and the limit must not cost more than they do).
+SCIM_MAX_RETRY_AFTER = 60
+
+
+class ScimRateLimited(TooManyRequests):
+    """A 429 for a SCIM token: the SCIM blueprint answers it with a SCIM error body."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        # DESIGN: Retry-After at most 60 s, even for a limit counted per hour.
+        self.retry_after = min(SCIM_MAX_RETRY_AFTER, max(1, retry_after))
+
+
+def check_scim_request(limit: str, token_id: str) -> None:
+    """Count one SCIM request against its token. Raises ScimRateLimited."""
+    if not _call("hit", limit, "scim-token", token_id):
+        refused = _refuse(limit, "scim-token", token_id)
+        raise ScimRateLimited(refused.retry_after)

@@ -137,6 +137,16 @@ class BaseConfig:
         #: so the admin has time to update the redirect URIs registered at the IdP.
         self.PROVIDER_SCHEME_ALIAS_DAYS = _int(environ, "PROVIDER_SCHEME_ALIAS_DAYS", 30)
 
+        #: Requests one SCIM token may make (``limits`` syntax); more answer 429.
+        self.SCIM_RATE_LIMIT = environ.get("SCIM_RATE_LIMIT") or "100/second"
+        #: Most resources one SCIM list or search returns (``count`` is capped to it).
+        self.SCIM_MAX_RESULTS = _int(environ, "SCIM_MAX_RESULTS", 200)
+        #: Most operations in one SCIM Bulk request, and its largest body in bytes.
+        self.SCIM_BULK_MAX_OPERATIONS = _int(environ, "SCIM_BULK_MAX_OPERATIONS", 100)
+        self.SCIM_BULK_MAX_PAYLOAD = _int(environ, "SCIM_BULK_MAX_PAYLOAD", 1024 * 1024)
+        #: Largest body of any other SCIM request, in bytes (a 1,000-member PATCH is ~80 KB).
+        self.SCIM_MAX_PAYLOAD = _int(environ, "SCIM_MAX_PAYLOAD", 2 * 1024 * 1024)
+
         #: Days audit events are kept before the retention task removes them.
         self.AUDIT_RETENTION_DAYS = _int(environ, "AUDIT_RETENTION_DAYS", 365)
 

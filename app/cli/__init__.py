@@ -11,7 +11,16 @@ def register(app: Flask) -> None:
     from app.cli.demo import seed_demo
     from app.cli.keys import keys_cli
     from app.cli.providers import providers_cli
+    from app.cli.scim import scim_cli
     from app.cli.users import users_cli
 
-    for command in (accounts_cli, users_cli, providers_cli, audit_cli, keys_cli, seed_demo):
+    for command in (
+        accounts_cli,
+        users_cli,
+        providers_cli,
+        scim_cli,
+        audit_cli,
+        keys_cli,
+        seed_demo,
+    ):
         app.cli.add_command(command)

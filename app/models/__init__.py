@@ -11,6 +11,8 @@ from app.models.provider import ProviderRoleMapping
 from app.models.provider import ProviderSchemeAlias
 from app.models.provider import ResponseType
 from app.models.provider import SsoProvider
+from app.models.scim import Group
+from app.models.scim import GroupMember
 from app.models.scim import ScimToken
 from app.models.session import Session
 from app.models.user import User
@@ -19,6 +21,8 @@ __all__ = [
     "Account",
     "AuditEvent",
     "ExternalLogin",
+    "Group",
+    "GroupMember",
     "Membership",
     "Protocol",
     "ProviderMetadata",

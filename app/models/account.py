@@ -7,11 +7,13 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Boolean
 from sqlalchemy import CheckConstraint
 from sqlalchemy import ForeignKey
 from sqlalchemy import Integer
 from sqlalchemy import String
 from sqlalchemy import UniqueConstraint
+from sqlalchemy import true
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
@@ -68,6 +70,9 @@ class Membership(Base):
         ForeignKey("accounts.id", ondelete="CASCADE"), index=True
     )
     role: Mapped[str] = mapped_column(String(16), default=Role.MEMBER.value)
+    # SCIM's "active" for this account: an inactive membership grants no role in the account
+    # (the account's IdP deactivated the person), while the user may still use other accounts.
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     user: Mapped[User] = relationship(back_populates="memberships")

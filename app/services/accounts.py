@@ -140,10 +140,13 @@ def add_member(
 
 
 def role_in(user: User, account_id: int) -> Role | None:
-    """The user's role in the account, or None when not a member."""
+    """The user's role in the account, or None when not a member or when the membership is
+    inactive (the account's SCIM deactivated it: it grants nothing until reactivated)."""
     role = db.session.scalar(
         select(Membership.role).where(
-            Membership.account_id == account_id, Membership.user_id == user.id
+            Membership.account_id == account_id,
+            Membership.user_id == user.id,
+            Membership.active.is_(True),
         )
     )
     return Role(role) if role else None
@@ -156,11 +159,12 @@ def has_role(user: User, account_id: int, minimum: Role) -> bool:
 
 
 def memberships_of(user: User) -> list[Membership]:
+    """The user's active memberships (an inactive one grants no access), by account name."""
     return list(
         db.session.scalars(
             select(Membership)
             .join(Account)
-            .where(Membership.user_id == user.id)
+            .where(Membership.user_id == user.id, Membership.active.is_(True))
             .order_by(Account.name)
         )
     )

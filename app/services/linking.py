@@ -332,8 +332,8 @@ def _external_id_value(
 
 def _find_scim_user(provider: SsoProvider, external_id: str) -> User | None:
     matches = list(
-        db.session.scalars(
-            select(User)
+        db.session.execute(
+            select(User, Membership.active)
             .join(Membership, Membership.user_id == User.id)
             .where(User.external_id == external_id, Membership.account_id == provider.account_id)
             .limit(2)
@@ -342,7 +342,11 @@ def _find_scim_user(provider: SsoProvider, external_id: str) -> User | None:
     if len(matches) > 1:
         # Two members share an externalId: picking one could sign someone in as another.
         raise _refusal("external_id_ambiguous")
-    return matches[0] if matches else None
+    if matches and not matches[0].active:
+        # The account's SCIM deactivated this member: the IdP's identity is theirs, and they
+        # are told so rather than being matched by email or created again.
+        raise _refusal("user_inactive", user=matches[0].User)
+    return matches[0].User if matches else None
 
 
 def _find_user_by_email(email: str) -> User | None:
@@ -350,6 +354,7 @@ def _find_user_by_email(email: str) -> User | None:
 
 
 def _is_member(provider: SsoProvider, user: User) -> bool:
+    # role_in counts active memberships only: one the account's SCIM deactivated is none.
     return accounts.role_in(user, provider.account_id) is not None
 
 
@@ -481,7 +486,15 @@ def _apply(
         given_name, family_name = _names(identity)
         # The id is a fresh UUID: the "UUID username" of DESIGN. No password: this user signs
         # in through the IdP until they set one.
-        user = users.create_user(email, None, given_name=given_name, family_name=family_name)
+        # JIT creation makes the provider's account the user's manager (DESIGN "Accounts,
+        # users and SCIM"): its SCIM may then change and deactivate the user.
+        user = users.create_user(
+            email,
+            None,
+            given_name=given_name,
+            family_name=family_name,
+            managed_by_account_id=provider.account_id,
+        )
         created = True
         audit.record(
             "user.provisioned",

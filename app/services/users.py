@@ -13,6 +13,8 @@ from typing import NamedTuple
 from email_validator import EmailNotValidError
 from email_validator import validate_email
 from sqlalchemy import bindparam
+from sqlalchemy import delete
+from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import update
 
@@ -70,12 +72,26 @@ def create_user(
     given_name: str | None = None,
     family_name: str | None = None,
     actor: User | None = None,
+    managed_by_account_id: int | None = None,
 ) -> User:
-    """Create a local user. Raises ValidationError for a bad or taken email or a weak password."""
+    """Create a local user. Raises ValidationError for a bad or taken email or a weak password.
+
+    ``managed_by_account_id``: the account whose just-in-time sign-in creates the user, which
+    then manages it (DESIGN "Accounts, users and SCIM")."""
     normalised = normalise_email(email)
-    if db.session.scalar(select(User.id).where(User.email == normalised)) is not None:
+    # The email, or the userName of a SCIM-provisioned user spelt like this email.
+    taken = select(User.id).where(or_(User.email == normalised, User.user_name_key == normalised))
+    if db.session.scalar(taken.limit(1)) is not None:
         raise ValidationError(f"A user with email {normalised} already exists.", "email")
-    user = User(email=normalised, given_name=given_name, family_name=family_name)
+    user = User(
+        email=normalised,
+        given_name=given_name,
+        family_name=family_name,
+        # A user created here has their email as SCIM userName (DESIGN); the key keeps
+        # userNames unique across Keyward, whichever way the user was created.
+        user_name_key=normalised,
+        managed_by_account_id=managed_by_account_id,
+    )
     if password is not None:
         passwords.check_password_strength(password, email=normalised)
         user.password_hash = passwords.hash_password(password)
@@ -245,26 +261,142 @@ def deactivate_user(
     actor: User | None = None,
     reason: str = "deactivated",
     meta: audit.RequestMeta = audit.NO_REQUEST,
+    action: str = "user.deactivated",
+    actor_label: str | None = None,
+    account_id: int | None = None,
+    details: dict | None = None,
 ) -> int:
-    """Deactivate the user and end every session at once; returns sessions ended."""
+    """Deactivate the user and end every session at once; returns sessions ended.
+
+    Records one audit event, ``action`` (SCIM passes ``scim.user.deactivated`` with the token
+    as ``actor_label``), carrying ``details`` plus the sessions ended and the reason."""
     user.active = False
+    user.version = (user.version or 1) + 1
     ended = sessions.revoke_user_sessions(user, reason=reason)
     audit.record(
-        "user.deactivated",
+        action,
         actor=actor,
+        actor_label=actor_label,
+        account_id=account_id,
         target_type="user",
         target_id=user.id,
-        details={"sessions_ended": ended, "reason": reason},
+        details={**(details or {}), "sessions_ended": ended, "reason": reason},
         meta=meta,
     )
     return ended
 
 
 def reactivate_user(
-    user: User, *, actor: User | None = None, meta: audit.RequestMeta = audit.NO_REQUEST
+    user: User,
+    *,
+    actor: User | None = None,
+    meta: audit.RequestMeta = audit.NO_REQUEST,
+    action: str = "user.reactivated",
+    actor_label: str | None = None,
+    account_id: int | None = None,
+    details: dict | None = None,
 ) -> None:
+    """Allow a deactivated user to sign in again (one audit event, ``action``)."""
     user.active = True
-    audit.record("user.reactivated", actor=actor, target_type="user", target_id=user.id, meta=meta)
+    user.version = (user.version or 1) + 1
+    audit.record(
+        action,
+        actor=actor,
+        actor_label=actor_label,
+        account_id=account_id,
+        target_type="user",
+        target_id=user.id,
+        details=details,
+        meta=meta,
+    )
+
+
+@dataclass
+class Deprovisioned:
+    """What deprovision_user removed (the audit event's details)."""
+
+    sessions_ended: int
+    memberships_removed: int
+    links_removed: int
+    group_memberships_removed: int
+
+
+def deprovision_user(
+    user: User,
+    account_id: int,
+    *,
+    managed: bool,
+    reason: str = "deprovisioned",
+    meta: audit.RequestMeta = audit.NO_REQUEST,
+    action: str = "user.deprovisioned",
+    actor: User | None = None,
+    actor_label: str | None = None,
+    details: dict | None = None,
+) -> Deprovisioned:
+    """Take the user out of ``account_id`` for good (SCIM DELETE, bulk jobs).
+
+    ``managed`` (the account manages the user, DESIGN "Accounts, users and SCIM"): the user
+    is deactivated, every session ends at once, and every membership, group membership and
+    external login is removed. Otherwise only what the account controls goes: its membership,
+    its group memberships and the links to its own providers; the user and their sessions
+    elsewhere are untouched. The user row stays (the audit trail refers to it), and so does
+    every audit event. One audit event, ``action``. Set-based deletes, no ORM cascade."""
+    from app.models import ExternalLogin
+    from app.models import Group
+    from app.models import GroupMember
+    from app.models import Membership
+    from app.models import SsoProvider
+
+    ended = 0
+    if managed:
+        user.active = False
+        ended = sessions.revoke_user_sessions(user, reason=reason)
+        memberships = delete(Membership).where(Membership.user_id == user.id)
+        links = delete(ExternalLogin).where(ExternalLogin.user_id == user.id)
+        groups = delete(GroupMember).where(GroupMember.user_id == user.id)
+    else:
+        memberships = delete(Membership).where(
+            Membership.user_id == user.id, Membership.account_id == account_id
+        )
+        account_providers = select(SsoProvider.id).where(SsoProvider.account_id == account_id)
+        links = delete(ExternalLogin).where(
+            ExternalLogin.user_id == user.id, ExternalLogin.provider_id.in_(account_providers)
+        )
+        account_groups = select(Group.id).where(Group.account_id == account_id)
+        groups = delete(GroupMember).where(
+            GroupMember.user_id == user.id, GroupMember.group_id.in_(account_groups)
+        )
+    options = {"synchronize_session": False}
+    outcome = Deprovisioned(
+        sessions_ended=ended,
+        group_memberships_removed=db.session.execute(groups, execution_options=options).rowcount
+        or 0,
+        links_removed=db.session.execute(links, execution_options=options).rowcount or 0,
+        memberships_removed=db.session.execute(memberships, execution_options=options).rowcount
+        or 0,
+    )
+    # The loaded collection would otherwise still list the deleted rows.
+    db.session.expire(user, ["memberships"])
+    user.version = (user.version or 1) + 1
+    audit.record(
+        action,
+        actor=actor,
+        actor_label=actor_label,
+        account_id=account_id,
+        target_type="user",
+        target_id=user.id,
+        details={
+            **(details or {}),
+            "reason": reason,
+            "managed": managed,
+            "sessions_ended": outcome.sessions_ended,
+            "memberships_removed": outcome.memberships_removed,
+            "links_removed": outcome.links_removed,
+            "group_memberships_removed": outcome.group_memberships_removed,
+        },
+        meta=meta,
+    )
+    return outcome
 
 
 def serialise(user: User) -> dict:

@@ -356,6 +356,8 @@ def test_jit_creates_user_membership_and_link(app, account):
         assert user.email == "new.person@example.com"
         assert (user.given_name, user.family_name) == ("New", "Person")
         assert user.password_hash is None and user.active
+        # The account whose sign-in created the user manages it (its SCIM may change it).
+        assert user.managed_by_account_id == account.id
     assert role_of(app, result.user_id, account.id) == "admin"
     assert links(app) == [(result.user_id, provider_id, SUBJECT)]
     [event] = audit_events(app, "user.provisioned")
