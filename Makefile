@@ -26,6 +26,7 @@ test: $(STAMP)
 	scripts/test
 
 test-sqlite: $(STAMP)
+	scripts/ensure-saml-deps
 	npm ci --prefix tests/e2e/idp --ignore-scripts --no-audit --no-fund --loglevel=error
 	$(BIN)/pytest
 

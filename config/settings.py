@@ -124,6 +124,9 @@ class BaseConfig:
         self.OUTBOUND_MAX_BYTES = _int(environ, "OUTBOUND_MAX_BYTES", 1024 * 1024)
         #: Seconds of clock difference tolerated on exp/iat/nbf of tokens from IdPs.
         self.OIDC_CLOCK_SKEW = _int(environ, "OIDC_CLOCK_SKEW", 120)
+        #: Seconds of clock difference tolerated on SAML NotBefore/NotOnOrAfter; unset: the
+        #: same as OIDC_CLOCK_SKEW.
+        self.SAML_CLOCK_SKEW = _int(environ, "SAML_CLOCK_SKEW", self.OIDC_CLOCK_SKEW)
         #: Built-in providers, shown on /login only when their client id is configured.
         self.GOOGLE_CLIENT_ID = environ.get("GOOGLE_CLIENT_ID") or None
         self.GOOGLE_CLIENT_SECRET = environ.get("GOOGLE_CLIENT_SECRET") or None
@@ -136,6 +139,31 @@ class BaseConfig:
         #: Days a renamed provider's old callback URLs (/signin-<old scheme>...) keep working,
         #: so the admin has time to update the redirect URIs registered at the IdP.
         self.PROVIDER_SCHEME_ALIAS_DAYS = _int(environ, "PROVIDER_SCHEME_ALIAS_DAYS", 30)
+
+        #: Bounds in seconds of the wait between two refreshes of a provider's metadata
+        #: (discovery, JWKS, SAML metadata): the IdP's Cache-Control max-age is honoured
+        #: within them.
+        self.METADATA_REFRESH_MIN_SECONDS = _int(environ, "METADATA_REFRESH_MIN_SECONDS", 5 * 60)
+        self.METADATA_REFRESH_MAX_SECONDS = _int(
+            environ, "METADATA_REFRESH_MAX_SECONDS", 24 * 60 * 60
+        )
+        #: The wait when the IdP sends no max-age (kept within the bounds above).
+        self.METADATA_REFRESH_DEFAULT_SECONDS = _int(
+            environ, "METADATA_REFRESH_DEFAULT_SECONDS", 60 * 60
+        )
+        #: After a failed refresh the next one waits this long, doubled for every further
+        #: failure in a row, up to the cap; the last good copy is used meanwhile.
+        self.METADATA_REFRESH_BACKOFF_SECONDS = _int(
+            environ, "METADATA_REFRESH_BACKOFF_SECONDS", 60
+        )
+        self.METADATA_REFRESH_BACKOFF_MAX_SECONDS = _int(
+            environ, "METADATA_REFRESH_BACKOFF_MAX_SECONDS", 60 * 60
+        )
+        #: Seconds between two beat sweeps that queue the providers whose refresh is due.
+        self.METADATA_REFRESH_BEAT_SECONDS = _int(environ, "METADATA_REFRESH_BEAT_SECONDS", 60)
+        #: Celery queue of the metadata tasks; the default queue unless set (then run a
+        #: worker with ``-Q`` on it, e.g. to keep refreshes apart from bulk jobs).
+        self.METADATA_REFRESH_QUEUE = environ.get("METADATA_REFRESH_QUEUE") or "celery"
 
         #: Requests one SCIM token may make (``limits`` syntax); more answer 429.
         self.SCIM_RATE_LIMIT = environ.get("SCIM_RATE_LIMIT") or "100/second"
@@ -177,7 +205,8 @@ class BaseConfig:
             "accept_content": ["json"],
             "task_ignore_result": False,
             "broker_connection_retry_on_startup": True,
-            "imports": ("app.tasks.maintenance",),
+            "imports": ("app.tasks.maintenance", "app.tasks.metadata"),
+            "task_routes": {"metadata.*": {"queue": self.METADATA_REFRESH_QUEUE}},
             "beat_schedule": {
                 "purge-expired-sessions": {
                     "task": "maintenance.purge_expired_sessions",
@@ -190,6 +219,11 @@ class BaseConfig:
                 "purge-expired-scheme-aliases": {
                     "task": "maintenance.purge_expired_scheme_aliases",
                     "schedule": 60 * 60.0,
+                },
+                # Often, and cheap: it only queues the providers whose refresh is due.
+                "refresh-provider-metadata": {
+                    "task": "metadata.refresh_due_providers",
+                    "schedule": float(self.METADATA_REFRESH_BEAT_SECONDS),
                 },
             },
         }

@@ -18,6 +18,7 @@ from app.services import providers
 from app.services.errors import NotFound
 from app.services.errors import ValidationError
 from app.services.providers import ProviderFields
+from app.tasks.metadata import enqueue_refresh
 
 providers_cli = KeywardGroup("providers", help="Manage SSO providers.")
 
@@ -173,6 +174,7 @@ def create_provider(
         )
     db.session.commit()
     emit(providers.serialise(provider), as_json, f"Provider created: {_line(provider)}")
+    enqueue_refresh(provider.id)
 
 
 @providers_cli.command("list")
@@ -325,3 +327,4 @@ def import_providers(file, account_id, skip_discovery_check, as_json) -> None:
         as_json,
         "\n".join(f"Provider imported: {_line(p)}" for p in created),
     )
+    enqueue_refresh(*(p.id for p in created))

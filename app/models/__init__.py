@@ -6,10 +6,13 @@ from app.models.account import Role
 from app.models.audit import AuditEvent
 from app.models.external_login import ExternalLogin
 from app.models.provider import Protocol
+from app.models.provider import ProviderCertificate
 from app.models.provider import ProviderMetadata
 from app.models.provider import ProviderRoleMapping
 from app.models.provider import ProviderSchemeAlias
 from app.models.provider import ResponseType
+from app.models.provider import SamlAssertionId
+from app.models.provider import SamlSigned
 from app.models.provider import SsoProvider
 from app.models.scim import Group
 from app.models.scim import GroupMember
@@ -25,11 +28,14 @@ __all__ = [
     "GroupMember",
     "Membership",
     "Protocol",
+    "ProviderCertificate",
     "ProviderMetadata",
     "ProviderRoleMapping",
     "ProviderSchemeAlias",
     "ResponseType",
     "Role",
+    "SamlAssertionId",
+    "SamlSigned",
     "ScimToken",
     "Session",
     "SsoProvider",

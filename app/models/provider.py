@@ -1,11 +1,12 @@
-"""SsoProvider (an identity provider configuration), its scheme aliases and role mappings, and
-ProviderMetadata (last good copy)."""
+"""SsoProvider (an identity provider configuration), its scheme aliases, role mappings and SAML
+signing certificates, ProviderMetadata (last good copy) and the SAML assertion replay cache."""
 
 from __future__ import annotations
 
 import enum
 import uuid
 from datetime import datetime
+from datetime import timedelta
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy import String
 from sqlalchemy import Text
 from sqlalchemy import UniqueConstraint
 from sqlalchemy import Uuid
+from sqlalchemy import false
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
@@ -34,6 +36,14 @@ class Protocol(enum.StrEnum):
     OIDC = "oidc"
     OAUTH2 = "oauth2"
     SAML = "saml"
+
+
+class SamlSigned(enum.StrEnum):
+    """What a SAML provider must sign: the assertion, the whole response, or both."""
+
+    ASSERTION = "assertion"
+    RESPONSE = "response"
+    BOTH = "both"
 
 
 class ResponseType(enum.StrEnum):
@@ -102,6 +112,36 @@ class SsoProvider(Base):
     # foreign keys on deletes every external login (services.providers validates it).
     role_claim: Mapped[str | None] = mapped_column(String(100))
     role_mapping_default: Mapped[str | None] = mapped_column(String(16))
+    # SAML 2.0 (protocol "saml"); services.saml reads these. New columns only ever come as
+    # plain ADD COLUMNs (see migration 0003), hence server defaults and no CHECK constraints:
+    # services.providers validates saml_signed.
+    saml_idp_entity_id: Mapped[str | None] = mapped_column(String(1024))
+    # HTTP-Redirect binding endpoints of the IdP (SAML bindings 3.4).
+    saml_sso_url: Mapped[str | None] = mapped_column(String(2048))
+    saml_slo_url: Mapped[str | None] = mapped_column(String(2048))
+    saml_metadata_url: Mapped[str | None] = mapped_column(String(2048))
+    # The last metadata document applied (pasted or fetched), kept for the admin page.
+    saml_metadata_xml: Mapped[str | None] = mapped_column(Text)
+    saml_signed: Mapped[str] = mapped_column(
+        String(16), default=SamlSigned.ASSERTION.value, server_default=SamlSigned.ASSERTION.value
+    )
+    # Unsolicited responses (no InResponseTo) cannot be tied to this browser: off by default.
+    saml_allow_idp_initiated: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    # The NameIDPolicy Format asked for; None lets the IdP choose.
+    saml_nameid_format: Mapped[str | None] = mapped_column(String(255))
+    saml_sign_requests: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The SP key pair for signing AuthnRequests and logout messages: the key is MultiFernet
+    # ciphertext (services.crypto), the certificate is public (it goes into SP metadata).
+    saml_sp_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    saml_sp_cert: Mapped[str | None] = mapped_column(Text)
+    # Attribute names to read the profile from; None means the built-in list
+    # (services.saml.DEFAULT_ATTRIBUTES, which fits Entra ID, Okta and Google).
+    saml_email_attribute: Mapped[str | None] = mapped_column(String(255))
+    saml_given_name_attribute: Mapped[str | None] = mapped_column(String(255))
+    saml_family_name_attribute: Mapped[str | None] = mapped_column(String(255))
+    saml_name_attribute: Mapped[str | None] = mapped_column(String(255))
     # Bumped on every change: caches and clients are keyed by (id, version).
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -122,6 +162,12 @@ class SsoProvider(Base):
         cascade="all, delete-orphan",
         passive_deletes=True,
         order_by="ProviderRoleMapping.id",
+    )
+    certificates: Mapped[list[ProviderCertificate]] = relationship(
+        back_populates="provider",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="ProviderCertificate.id",
     )
 
     @property
@@ -181,6 +227,10 @@ class ProviderRoleMapping(Base):
     provider: Mapped[SsoProvider] = relationship(back_populates="role_mappings")
 
 
+# The admin page warns this long before a signing certificate expires.
+CERT_EXPIRY_WARNING = timedelta(days=30)
+
+
 class ProviderMetadata(Base):
     """The last good discovery document and JWKS of a provider, and its fetch health.
 
@@ -201,6 +251,69 @@ class ProviderMetadata(Base):
     last_error: Mapped[str | None] = mapped_column(String(500))
     last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     key_ids: Mapped[list[str] | None] = mapped_column(JSON)
+    # Earliest not-after of the signing certificates (OIDC: x5c in the JWKS; SAML: metadata).
     cert_expiry: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When beat next refreshes this provider: the IdP's max-age (within the configured
+    # bounds) after a success, the backoff after a failure; None means at the next sweep.
+    next_refresh_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # Failed refreshes in a row; drives the exponential backoff, back to 0 after a success.
+    failure_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     provider: Mapped[SsoProvider] = relationship(back_populates="metadata_record")
+
+    @property
+    def cert_expiry_status(self) -> str | None:
+        """``expired``, ``soon`` (within CERT_EXPIRY_WARNING) or ``ok``; None without a
+        certificate. The admin page warns before the IdP's certificate runs out."""
+        if self.cert_expiry is None:
+            return None
+        now = utcnow()
+        if self.cert_expiry <= now:
+            return "expired"
+        return "soon" if self.cert_expiry - now <= CERT_EXPIRY_WARNING else "ok"
+
+
+class ProviderCertificate(Base):
+    """An IdP signing certificate (PEM). Several may be active at once: IdPs publish the next
+    certificate before they switch to it (rollover), and either must verify meanwhile."""
+
+    __tablename__ = "provider_certificates"
+    __table_args__ = (
+        UniqueConstraint(
+            "provider_id",
+            "fingerprint_sha256",
+            name="uq_provider_certificates_provider_fingerprint",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sso_providers.id", ondelete="CASCADE"), index=True
+    )
+    pem: Mapped[str] = mapped_column(Text)
+    # Hex SHA-256 of the DER certificate: identifies it on the admin page and in the audit log.
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64))
+    # Shown to the admin and reported as health; an expired certificate is not refused by
+    # SAML (metadata is the trust anchor), but the admin must know before the IdP rolls over.
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    use: Mapped[str] = mapped_column(String(16), default="signing")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    provider: Mapped[SsoProvider] = relationship(back_populates="certificates")
+
+    def __repr__(self) -> str:
+        return f"<ProviderCertificate {self.fingerprint_sha256[:16]} of {self.provider_id}>"
+
+
+class SamlAssertionId(Base):
+    """A SAML assertion already used, kept until it expires: a second use is a replay.
+
+    The replay cache when there is no Redis (REDIS_URL unset). Only a hash is kept: the unique
+    index makes a concurrent second insert fail on every database."""
+
+    __tablename__ = "saml_assertion_ids"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # SHA-256 (hex) of provider id + assertion ID.
+    assertion_id_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -22,6 +22,7 @@ from app.services import presets
 from app.services import providers
 from app.services.errors import NotFound
 from app.services.errors import ValidationError
+from app.tasks.metadata import enqueue_refresh
 from app.web import request_meta
 
 # The callback URLs an admin registers at the IdP, in the order the pages list them.
@@ -109,6 +110,7 @@ def create(account_id: int, preset: str):
         form.add_service_errors(_field_errors(error))
         return _render_create(form, chosen, 400)
     db.session.commit()
+    enqueue_refresh(provider.id)
     flash(
         f"The SSO provider “{provider.display_name}” has been created. Register its callback "
         "URLs at your identity provider.",
@@ -149,6 +151,7 @@ def edit(account_id: int, guid: str):
         form.add_service_errors(_field_errors(error))
         return _render_edit(form, provider, 400)
     db.session.commit()
+    enqueue_refresh(provider.id)
     if not changes:
         flash("Nothing changed.", "info")
     elif provider.scheme != old_scheme:
