@@ -82,10 +82,33 @@ def _line(provider) -> str:
 @click.option("--subject-field", default="sub", help="OAuth 2.0 userinfo field of the subject.")
 @click.option("--email-field", default="email")
 @click.option("--name-field", default="name")
+@click.option("--metadata-url", default=None, help="SAML: the IdP's metadata URL (fetched now).")
+@click.option(
+    "--metadata-file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="SAML: a file with the IdP's metadata XML (- for stdin).",
+)
+@click.option(
+    "--signed",
+    type=click.Choice(["assertion", "response", "both"]),
+    default="assertion",
+    help="SAML: what the IdP must sign.",
+)
+@click.option(
+    "--allow-idp-initiated", is_flag=True, help="SAML: accept sign-ins started at the IdP."
+)
+@click.option("--sign-requests", is_flag=True, help="SAML: sign AuthnRequests and logout messages.")
+@click.option("--nameid-format", default=None, help="SAML: the NameID format to ask for (URN).")
+@click.option("--email-attribute", default=None, help="SAML: attribute holding the email.")
+@click.option("--given-name-attribute", default=None, help="SAML: attribute of the given name.")
+@click.option("--family-name-attribute", default=None, help="SAML: attribute of the family name.")
+@click.option("--name-attribute", default=None, help="SAML: attribute of the display name.")
 @click.option(
     "--skip-discovery-check",
     is_flag=True,
-    help="Save without loading the authority's discovery document (IdP not reachable yet).",
+    help="Save without loading the authority's discovery document or the SAML metadata URL "
+    "(IdP not reachable yet; the metadata refresh loads it later).",
 )
 @click.option("--json", "as_json", is_flag=True)
 @service_errors
@@ -116,13 +139,24 @@ def create_provider(
     subject_field,
     email_field,
     name_field,
+    metadata_url,
+    metadata_file,
+    signed,
+    allow_idp_initiated,
+    sign_requests,
+    nameid_format,
+    email_attribute,
+    given_name_attribute,
+    family_name_attribute,
+    name_attribute,
     skip_discovery_check,
     as_json,
 ) -> None:
     """Create a provider and print it (with its id and callback URLs).
 
     OpenID Connect: the authority's discovery document must load and name the authority as
-    its issuer, unless --skip-discovery-check."""
+    its issuer, unless --skip-discovery-check. SAML: --metadata-url (fetched now) or
+    --metadata-file; the SP metadata to give the IdP is then at saml.sp_metadata_url."""
     extra = [s for s in f"{scopes or ''} {additional_claims or ''}".split() if s not in BASE_SCOPES]
     if builtin is not None:
         if account_id is not None:
@@ -166,15 +200,44 @@ def create_provider(
             "subject_field": subject_field,
             "email_field": email_field,
             "name_field": name_field,
+            "saml_metadata_url": metadata_url,
+            "saml_metadata_xml": _read_metadata_file(metadata_file),
+            "saml_signed": signed,
+            "saml_allow_idp_initiated": allow_idp_initiated,
+            "saml_sign_requests": sign_requests,
+            "saml_nameid_format": nameid_format,
+            "saml_email_attribute": email_attribute,
+            "saml_given_name_attribute": given_name_attribute,
+            "saml_family_name_attribute": family_name_attribute,
+            "saml_name_attribute": name_attribute,
         }
     )
     with _all_field_errors():
         provider = providers.create_provider(
-            fields, account=account, builtin=builtin, check_discovery=not skip_discovery_check
+            fields,
+            account=account,
+            builtin=builtin,
+            check_discovery=not skip_discovery_check,
+            fetch_metadata=not skip_discovery_check,
         )
     db.session.commit()
     emit(providers.serialise(provider), as_json, f"Provider created: {_line(provider)}")
     enqueue_refresh(provider.id)
+
+
+def _read_metadata_file(path: str | None) -> str | None:
+    """The SAML metadata document of --metadata-file (None without one)."""
+    if path is None:
+        return None
+    try:
+        if path == "-":
+            return click.get_text_stream("stdin").read()
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ValidationError(f"Cannot read {path}: {error.strerror}.") from None
+    except UnicodeDecodeError:
+        raise ValidationError(f"{path} is not a UTF-8 text file.") from None
 
 
 @providers_cli.command("list")
@@ -247,7 +310,7 @@ def delete_provider(provider_id, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @service_errors
 def refresh_providers(provider_id, as_json) -> None:
-    """Fetch discovery and JWKS now (one provider, or every enabled one)."""
+    """Fetch discovery and JWKS, or SAML metadata, now (one provider, or every enabled one)."""
     from app.services import metadata
 
     targets = (
@@ -319,7 +382,10 @@ def import_providers(file, account_id, skip_discovery_check, as_json) -> None:
         raise ValidationError(f"{file} is not valid JSON: {error}") from None
     with _all_field_errors():
         created = providers.import_providers(
-            document, account=account, check_discovery=not skip_discovery_check
+            document,
+            account=account,
+            check_discovery=not skip_discovery_check,
+            fetch_metadata=not skip_discovery_check,
         )
     db.session.commit()
     emit(

@@ -59,6 +59,8 @@ def reencrypt(ciphertext: str) -> str:
 # and how an error names a row.
 _ENCRYPTED_COLUMNS = (
     ("sso_providers", "client_secret_encrypted", "providers", "The client secret of provider"),
+    # SAML request-signing keys count as provider secrets too.
+    ("sso_providers", "saml_sp_key_encrypted", "providers", "The SAML signing key of provider"),
     ("sessions", "id_token_encrypted", "sessions", "The ID token of session"),
 )
 _ROTATE_BATCH = 500
@@ -67,11 +69,12 @@ _ROTATE_BATCH = 500
 def reencrypt_stored_secrets() -> dict[str, int]:
     """Re-encrypt every stored secret under the newest key (``flask keys rotate``).
 
-    Covers sso_providers.client_secret_encrypted and sessions.id_token_encrypted; returns
-    how many values were rewritten, ``{"providers": n, "sessions": m}``. Works in batches
-    with plain UPDATEs (sessions can be many) in the caller's transaction, which commits
-    once. Raises SecretUnreadable naming the first row no configured key can read: the
-    caller must roll back, so a rotation is all or nothing."""
+    Covers sso_providers.client_secret_encrypted and saml_sp_key_encrypted (both counted as
+    provider secrets) and sessions.id_token_encrypted; returns how many values were
+    rewritten, ``{"providers": n, "sessions": m}``. Works in batches with plain UPDATEs
+    (sessions can be many) in the caller's transaction, which commits once. Raises
+    SecretUnreadable naming the first row no configured key can read: the caller must roll
+    back, so a rotation is all or nothing."""
     counts: dict[str, int] = {}
     connection = db.session.connection()
     for table_name, column_name, label, description in _ENCRYPTED_COLUMNS:
@@ -88,7 +91,7 @@ def reencrypt_stored_secrets() -> dict[str, int]:
             .where(table.c.id == bindparam("row_id"))
             .values({column: bindparam("value")})
         )
-        counts[label] = 0
+        counts.setdefault(label, 0)
         rows = connection.execute(batch_query).all()
         while rows:
             batch = []

@@ -290,6 +290,198 @@ PRESETS: tuple[Preset, ...] = (
     ),
 )
 
+# --- SAML 2.0 ---------------------------------------------------------------------------------
+# Step URL keys of SAML presets (see SAML_URLS in blueprints/providers/routes.py).
+_ENTITY_ID = "Identifier (SP entity ID):"
+_ACS = "Reply URL (assertion consumer service URL):"
+_SLO = "Logout URL (single logout URL):"
+_SP_METADATA = "SP metadata URL:"
+# Claim URIs Entra ID and ADFS send by default.
+_CLAIMS = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims"
+_MS_CLAIMS = "http://schemas.microsoft.com/identity/claims"
+_MS_ROLE = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"
+_PERSISTENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
+_EMAIL_FORMAT = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
+
+SAML_PRESETS: tuple[Preset, ...] = (
+    Preset(
+        key="saml-entra",
+        label="SAML: Microsoft Entra ID",
+        summary="An Entra ID enterprise application with SAML single sign-on.",
+        defaults={
+            "protocol": "saml",
+            "display_name": "Microsoft Entra ID",
+            "scheme": "entra-saml",
+            "saml_metadata_url": (
+                "https://login.microsoftonline.com/{tenant}/federationmetadata/2007-06/"
+                "federationmetadata.xml?appid={application-id}"
+            ),
+            # Entra signs the assertion by default ("Sign SAML assertion").
+            "saml_signed": "assertion",
+            "saml_email_attribute": f"{_CLAIMS}/emailaddress",
+            "saml_given_name_attribute": f"{_CLAIMS}/givenname",
+            "saml_family_name_attribute": f"{_CLAIMS}/surname",
+            "saml_name_attribute": f"{_MS_CLAIMS}/displayname",
+            # The object id never changes: Entra's SCIM sends it as externalId.
+            "external_id_claim": f"{_MS_CLAIMS}/objectidentifier",
+            "trust_email_verified": False,
+            "role_claim": _MS_ROLE,
+        },
+        steps=(
+            Step(
+                "In the Entra admin center, open Identity → Applications → Enterprise "
+                "applications → New application → Create your own application (non-gallery), "
+                "then Single sign-on → SAML."
+            ),
+            Step("Under Basic SAML Configuration, set the " + _ENTITY_ID, "entity_id"),
+            Step("Set the " + _ACS, "acs"),
+            Step("Set the " + _SLO, "slo"),
+            Step(
+                "Under Attributes & Claims, set the Unique User Identifier (Name ID) to "
+                "user.objectid with the Persistent format."
+            ),
+            Step(
+                "Under SAML Certificates, copy the App Federation Metadata Url into the "
+                "metadata URL (it holds your tenant and application ids): Keyward keeps the "
+                "certificates fresh from it."
+            ),
+            Step(
+                "For role mapping, define App roles and assign them; they arrive in the role claim."
+            ),
+        ),
+    ),
+    Preset(
+        key="saml-okta",
+        label="SAML: Okta",
+        summary="An Okta SAML 2.0 app integration, with Okta groups.",
+        defaults={
+            "protocol": "saml",
+            "display_name": "Okta",
+            "scheme": "okta-saml",
+            "saml_metadata_url": "https://{your-domain}.okta.com/app/{app-id}/sso/saml/metadata",
+            "saml_signed": "assertion",
+            "saml_nameid_format": _PERSISTENT,
+            # The attribute statements the steps below create.
+            "saml_email_attribute": "email",
+            "saml_given_name_attribute": "firstName",
+            "saml_family_name_attribute": "lastName",
+            "role_claim": "groups",
+            # Okta's single logout accepts only signed logout requests.
+            "saml_sign_requests": True,
+        },
+        steps=(
+            Step(
+                "In the Okta Admin Console, open Applications → Create App Integration and "
+                "choose SAML 2.0."
+            ),
+            Step("As Single sign-on URL, paste the " + _ACS, "acs"),
+            Step("As Audience URI (SP Entity ID), paste the " + _ENTITY_ID, "entity_id"),
+            Step("Set Name ID format to Persistent and Application username to Okta username."),
+            Step(
+                "Add the attribute statements email = user.email, firstName = user.firstName, "
+                "lastName = user.lastName, and a group attribute statement groups "
+                "(filter: Matches regex .*)."
+            ),
+            Step("Under Advanced Settings, enable Single Logout and set the " + _SLO, "slo"),
+            Step(
+                "Set SP Issuer to the entity ID above, and upload as Signature Certificate the "
+                "signing certificate in the " + _SP_METADATA,
+                "sp_metadata",
+            ),
+            Step(
+                "On the Sign On tab, copy the Metadata URL into the metadata URL below "
+                "(replacing {your-domain} and {app-id})."
+            ),
+        ),
+    ),
+    Preset(
+        key="saml-google",
+        label="SAML: Google Workspace",
+        summary="A Google Workspace custom SAML app of your own domain.",
+        defaults={
+            "protocol": "saml",
+            "display_name": "Google Workspace",
+            "scheme": "google-saml",
+            # Google publishes no metadata URL: the document is downloaded and pasted.
+            "saml_signed": "assertion",
+            "saml_nameid_format": _EMAIL_FORMAT,
+            "saml_email_attribute": "email",
+            "saml_given_name_attribute": "firstName",
+            "saml_family_name_attribute": "lastName",
+            # Workspace primary emails belong to your domain.
+            "trust_email_verified": True,
+            "role_claim": "groups",
+        },
+        steps=(
+            Step(
+                "In the Google Admin console, open Apps → Web and mobile apps → Add app → Add "
+                "custom SAML app."
+            ),
+            Step(
+                "On the Google Identity Provider details page, download the IdP metadata and "
+                "paste the file's contents into IdP metadata XML below."
+            ),
+            Step("As ACS URL, paste the " + _ACS, "acs"),
+            Step("As Entity ID, paste the " + _ENTITY_ID, "entity_id"),
+            Step("Set Name ID format to EMAIL and Name ID to Basic Information → Primary email."),
+            Step(
+                "Under Attribute mapping, map Primary email → email, First name → firstName, "
+                "Last name → lastName, and for role mapping Group membership → groups."
+            ),
+            Step(
+                "Turn the app on for your organisational units. Google has no single logout: "
+                "signing out of Keyward does not sign the user out of Google."
+            ),
+        ),
+    ),
+    Preset(
+        key="saml-adfs",
+        label="SAML: ADFS",
+        summary="Active Directory Federation Services (a relying party trust).",
+        defaults={
+            "protocol": "saml",
+            "display_name": "ADFS",
+            "scheme": "adfs",
+            "saml_metadata_url": "https://{adfs-host}/FederationMetadata/2007-06/FederationMetadata.xml",
+            # ADFS signs the assertion by default (SamlResponseSignature AssertionOnly).
+            "saml_signed": "assertion",
+            "saml_nameid_format": _PERSISTENT,
+            "saml_email_attribute": f"{_CLAIMS}/emailaddress",
+            "saml_given_name_attribute": f"{_CLAIMS}/givenname",
+            "saml_family_name_attribute": f"{_CLAIMS}/surname",
+            "saml_name_attribute": f"{_CLAIMS}/name",
+            "role_claim": _MS_ROLE,
+            # ADFS refuses unsigned logout requests.
+            "saml_sign_requests": True,
+        },
+        steps=(
+            Step(
+                "In AD FS Management, open Relying Party Trusts → Add Relying Party Trust "
+                "(claims aware), choose Import data about the relying party published online, "
+                "and enter the " + _SP_METADATA,
+                "sp_metadata",
+            ),
+            Step(
+                "(It carries the entity ID, the assertion consumer service and logout URLs, "
+                "and the request-signing certificate.) The identifier is the " + _ENTITY_ID,
+                "entity_id",
+            ),
+            Step(
+                "Edit the claim issuance policy: Send LDAP Attributes as Claims (E-Mail-"
+                "Addresses → E-Mail Address, Given-Name → Given Name, Surname → Surname, "
+                "Display-Name → Name), and Transform an Incoming Claim from Windows account "
+                "name to Name ID with the Persistent Identifier format."
+            ),
+            Step(
+                "For role mapping, add Send Group Membership as a Claim with the outgoing "
+                "claim type Role."
+            ),
+            Step("Replace {adfs-host} in the metadata URL with your AD FS host name."),
+        ),
+    ),
+)
+PRESETS = PRESETS + SAML_PRESETS
+
 _BY_KEY = {preset.key: preset for preset in PRESETS}
 
 

@@ -88,6 +88,21 @@ class ProviderFields:
     role_mapping_default: str | None = None
     # (claim value, role) rows; replaced as a whole on update.
     role_mappings: tuple[tuple[str, str], ...] = ()
+    # SAML 2.0. The IdP metadata comes pasted (``saml_metadata_xml``, parsed at save) or from
+    # ``saml_metadata_url`` (fetched at save when there is no pasted document, and by every
+    # metadata refresh). On update, an empty document keeps the stored metadata.
+    saml_metadata_xml: str | None = None
+    saml_metadata_url: str | None = None
+    # What the IdP must sign: "assertion" (default), "response" or "both".
+    saml_signed: str = "assertion"
+    saml_allow_idp_initiated: bool = False
+    saml_sign_requests: bool = False
+    saml_nameid_format: str | None = None
+    # Attribute names of the profile; None: services.saml.DEFAULT_ATTRIBUTES.
+    saml_email_attribute: str | None = None
+    saml_given_name_attribute: str | None = None
+    saml_family_name_attribute: str | None = None
+    saml_name_attribute: str | None = None
 
 
 class ProviderInUse(ServiceError):
@@ -264,6 +279,93 @@ def _role_mapping_problems(
 class _Validated(NamedTuple):
     values: dict[str, Any]
     role_mappings: list[tuple[str, str]]
+    # SAML: the IdP metadata to apply (None: nothing new to apply).
+    saml_metadata: Any = None
+
+
+# SAML attribute-name fields and their labels.
+_SAML_ATTRIBUTE_FIELDS = (
+    ("saml_email_attribute", "Email attribute"),
+    ("saml_given_name_attribute", "Given name attribute"),
+    ("saml_family_name_attribute", "Family name attribute"),
+    ("saml_name_attribute", "Display name attribute"),
+)
+_TRANSIENT_NAMEID = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"
+
+
+def _validate_saml(
+    fields: ProviderFields,
+    current: SsoProvider | None,
+    errors: dict[str, str],
+    *,
+    fetch_metadata: bool,
+) -> tuple[dict[str, Any], Any]:
+    """The SAML settings' column values and the IdP metadata to apply (parsed from the pasted
+    document, or fetched from the URL through services.outbound when it is new); problems go
+    to ``errors``. A stored provider keeps its metadata when neither is given anew."""
+    from app.services import outbound
+    from app.services import saml  # imported late: python3-saml is heavy
+
+    values: dict[str, Any] = {}
+    url = _clean(fields.saml_metadata_url)
+    if url is not None and (problem := _url_problem(url, label="Metadata URL")):
+        errors["saml_metadata_url"] = problem
+    values["saml_metadata_url"] = url
+    stored = (
+        current is not None
+        and current.protocol == Protocol.SAML
+        and bool(current.saml_idp_entity_id)
+        and bool(current.certificates)
+    )
+    document = (fields.saml_metadata_xml or "").strip()
+    metadata = None
+    if document:
+        try:
+            metadata = saml.parse_idp_metadata(document)
+        except ValidationError as error:
+            errors["saml_metadata_xml"] = error.message
+    elif url is not None and "saml_metadata_url" not in errors:
+        url_is_new = not stored or current is None or url != current.saml_metadata_url
+        if fetch_metadata and url_is_new:
+            try:
+                metadata = saml.fetch_idp_metadata(url)
+            except outbound.OutboundError as error:
+                errors["saml_metadata_url"] = f"The metadata at {url} could not be loaded: {error}."
+            except ValidationError as error:
+                errors["saml_metadata_url"] = f"The metadata at {url} cannot be used: {error}"
+    elif url is None and not stored:
+        errors["saml_metadata_xml"] = (
+            "Paste the identity provider's metadata XML, or enter its metadata URL."
+        )
+
+    signed = fields.saml_signed or saml.SIGNED_CHOICES[0]
+    if signed not in saml.SIGNED_CHOICES:
+        errors["saml_signed"] = "Signed must be assertion, response or both."
+    values["saml_signed"] = signed
+    values["saml_allow_idp_initiated"] = bool(fields.saml_allow_idp_initiated)
+    values["saml_sign_requests"] = sign_requests = bool(fields.saml_sign_requests)
+    if metadata is not None and metadata.want_authn_requests_signed and not sign_requests:
+        # The IdP would refuse every unsigned AuthnRequest: say so now, not at sign-in.
+        errors["saml_sign_requests"] = (
+            "The identity provider's metadata asks for signed requests: turn on signing."
+        )
+
+    nameid_format = _clean(fields.saml_nameid_format)
+    if nameid_format is not None:
+        if len(nameid_format) > 255 or not nameid_format.startswith("urn:"):
+            errors["saml_nameid_format"] = "NameID format must be a URN (at most 255 characters)."
+        elif nameid_format == _TRANSIENT_NAMEID:
+            # Core 8.3.8: a transient NameID changes at every sign-in, so it cannot name a login.
+            errors["saml_nameid_format"] = (
+                "A transient NameID changes at every sign-in: choose persistent, email address "
+                "or unspecified."
+            )
+    values["saml_nameid_format"] = nameid_format
+    for name, label in _SAML_ATTRIBUTE_FIELDS:
+        values[name] = value = _clean(getattr(fields, name))
+        if value is not None and len(value) > 255:
+            errors[name] = f"{label} must be at most 255 characters."
+    return values, metadata
 
 
 def _validate(
@@ -273,18 +375,19 @@ def _validate(
     builtin: bool,
     has_secret: bool = False,
     check_discovery: bool = False,
+    current: SsoProvider | None = None,
+    fetch_metadata: bool = True,
 ) -> _Validated:
     """Check every field and collect every problem; return the column values.
 
-    Raises one ValidationError whose ``errors`` names each bad field. Reads only: nothing
-    is added or flushed."""
+    ``current`` is the provider being updated (None on create); ``fetch_metadata`` lets a
+    SAML metadata URL be fetched now. Raises one ValidationError whose ``errors`` names each
+    bad field. Reads only (and fetches): nothing is added or flushed."""
     errors: dict[str, str] = {}
 
     protocol = fields.protocol
     if protocol not in {p.value for p in Protocol}:
         errors["protocol"] = "Protocol must be oidc, oauth2 or saml."
-    elif protocol == Protocol.SAML:
-        errors["protocol"] = "SAML providers are not supported yet."
 
     display_name = (fields.display_name or "").strip()
     if not display_name:
@@ -304,7 +407,7 @@ def _validate(
         errors["response_type"] = "OAuth 2.0 providers use the code response type."
 
     client_id = (fields.client_id or "").strip()
-    if not client_id:
+    if not client_id and protocol != Protocol.SAML:
         errors["client_id"] = "Client ID is required."
     elif len(client_id) > 255:
         errors["client_id"] = "Client ID must be at most 255 characters."
@@ -360,6 +463,12 @@ def _validate(
             values[name] = url = _clean(getattr(fields, name))
             if problem := _url_problem(url, label=label):
                 errors[name] = problem
+    saml_metadata = None
+    if protocol == Protocol.SAML:
+        saml_values, saml_metadata = _validate_saml(
+            fields, current, errors, fetch_metadata=fetch_metadata
+        )
+        values.update(saml_values)
 
     if fields.allow_hs256 and not (fields.client_secret or has_secret):
         errors["allow_hs256"] = "HS256 ID tokens need a client secret to verify them."
@@ -392,7 +501,7 @@ def _validate(
         display_name=display_name,
         scheme=scheme,
         scheme_key=scheme_key(scheme),
-        client_id=client_id,
+        client_id=client_id or None,
         response_type=response_type,
         additional_scopes=additional_scopes,
         icon_url=icon_url,
@@ -407,7 +516,7 @@ def _validate(
         role_mapping_default=role_mapping_default,
         **names,
     )
-    return _Validated(values, role_mappings)
+    return _Validated(values, role_mappings, saml_metadata)
 
 
 def _set_role_mappings(provider: SsoProvider, rows: list[tuple[str, str]]) -> None:
@@ -438,12 +547,16 @@ def create_provider(
     actor: User | None = None,
     meta: audit.RequestMeta = audit.NO_REQUEST,
     check_discovery: bool = False,
+    fetch_metadata: bool = True,
 ) -> SsoProvider:
     """Create a provider for ``account`` (None with ``builtin`` for Google/Microsoft).
 
     ``check_discovery`` (OIDC): the authority's discovery document must load and name the
-    authority as its issuer. Raises ValidationError with every bad field in ``errors``;
-    nothing is added on error. Records ``provider.created``."""
+    authority as its issuer. SAML: the IdP metadata (pasted, or fetched from its URL unless
+    ``fetch_metadata`` is off: the metadata refresh then fetches it later) must describe an
+    IdP; its entity id, endpoints and signing certificates are stored, and an SP key pair is
+    made when requests are signed. Raises ValidationError with every bad field in
+    ``errors``; nothing is added on error. Records ``provider.created``."""
     if (account is None) == (builtin is None):
         raise ValidationError("A provider belongs to an account, or is a built-in one.", "account")
     if builtin is not None and db.session.scalar(
@@ -451,7 +564,11 @@ def create_provider(
     ):
         raise ValidationError(f"The built-in {builtin} provider already exists.", "builtin")
     validated = _validate(
-        fields, exclude_id=None, builtin=builtin is not None, check_discovery=check_discovery
+        fields,
+        exclude_id=None,
+        builtin=builtin is not None,
+        check_discovery=check_discovery,
+        fetch_metadata=fetch_metadata,
     )
     return _insert(validated, fields, account=account, builtin=builtin, actor=actor, meta=meta)
 
@@ -471,6 +588,7 @@ def _insert(
         provider.client_secret_encrypted = crypto.encrypt(fields.client_secret)
     _set_role_mappings(provider, validated.role_mappings)
     db.session.add(provider)
+    _apply_saml(provider, validated)
     db.session.flush()
     details: dict[str, Any] = {"scheme": provider.scheme, "protocol": provider.protocol}
     if imported:
@@ -487,6 +605,47 @@ def _insert(
     return provider
 
 
+def _apply_saml(provider: SsoProvider, validated: _Validated) -> dict[str, Any]:
+    """Store the validated IdP metadata on a SAML provider and make its SP key pair when it
+    signs requests and has none; returns what changed for the audit log. Adds, never
+    flushes."""
+    if provider.protocol != Protocol.SAML:
+        return {}
+    from app.services import saml  # imported late: python3-saml is heavy
+
+    changes: dict[str, Any] = {}
+    metadata = validated.saml_metadata
+    if metadata is not None:
+        before = (provider.saml_idp_entity_id, provider.saml_sso_url, provider.saml_slo_url)
+        certificates = saml.apply_idp_metadata(provider, metadata)
+        after = (provider.saml_idp_entity_id, provider.saml_sso_url, provider.saml_slo_url)
+        if before != after or certificates["added"] or certificates["removed"]:
+            changes["saml_metadata"] = {
+                "entity_id": provider.saml_idp_entity_id,
+                "certificates": certificates,
+            }
+    if provider.saml_sign_requests and not provider.saml_sp_key_encrypted:
+        saml.generate_sp_keypair(provider)
+        changes["saml_sp_key"] = "generated"
+    return changes
+
+
+def _saml_metadata_changes(provider: SsoProvider, validated: _Validated) -> bool:
+    """Whether applying ``validated``'s SAML metadata would change ``provider`` (read-only)."""
+    from app.services import saml
+
+    metadata = validated.saml_metadata
+    if metadata is None or provider.protocol != Protocol.SAML:
+        return metadata is not None
+    stored = {cert.fingerprint_sha256 for cert in provider.certificates}
+    wanted = {saml.certificate_facts(pem)[0] for pem in metadata.certificates}
+    return stored != wanted or (
+        provider.saml_idp_entity_id,
+        provider.saml_sso_url,
+        provider.saml_slo_url,
+    ) != (metadata.entity_id, metadata.sso_url, metadata.slo_url)
+
+
 def update_provider(
     provider: SsoProvider,
     fields: ProviderFields,
@@ -494,6 +653,7 @@ def update_provider(
     actor: User | None = None,
     meta: audit.RequestMeta = audit.NO_REQUEST,
     check_discovery: bool = False,
+    fetch_metadata: bool = True,
 ) -> dict[str, dict]:
     """Apply ``fields`` to an account's provider; returns what changed.
 
@@ -524,6 +684,8 @@ def update_provider(
         builtin=False,
         has_secret=provider.client_secret_encrypted is not None,
         check_discovery=discovery_needed,
+        current=provider,
+        fetch_metadata=fetch_metadata,
     )
     now = utcnow()
     changes: dict[str, Any] = {}
@@ -541,7 +703,11 @@ def update_provider(
     if fields.client_secret and _secret_differs(provider, fields.client_secret):
         # Never a value (nor a hash of one) in the audit trail.
         changes["client_secret"] = "replaced"  # noqa: S105 - a marker, not a password
-    if not changes:
+    metadata_changes = _saml_metadata_changes(provider, validated)
+    key_needed = (
+        validated.values.get("saml_sign_requests") is True and not provider.saml_sp_key_encrypted
+    )
+    if not changes and not metadata_changes and not key_needed:
         return {}
 
     details: dict[str, Any] = {"changes": changes}
@@ -554,6 +720,9 @@ def update_provider(
         provider.client_secret_encrypted = crypto.encrypt(fields.client_secret or "")
     if provider.scheme_key != old_key:
         details["scheme_alias"] = _rename(provider, old_scheme, old_key, now=now)
+    saml_changes = _apply_saml(provider, validated)
+    changes.update(saml_changes)
+    details["changes"] = changes
     provider.version += 1
     db.session.flush()
     audit.record(
@@ -753,7 +922,7 @@ _LOGIN_BUTTON_COLUMNS = (
     _providers.c.icon_url,
 )
 _LOGIN_BUTTONS_ORDER = (_providers.c.builtin.is_(None), _providers.c.display_name)
-_ENABLED_FOR_LOGIN = (_providers.c.enabled.is_(True), _providers.c.protocol != "saml")
+_ENABLED_FOR_LOGIN = (_providers.c.enabled.is_(True),)
 _BUILTIN_BUTTONS = (
     select(*_LOGIN_BUTTON_COLUMNS)
     .where(*_ENABLED_FOR_LOGIN, _providers.c.builtin.is_not(None))
@@ -961,10 +1130,54 @@ def alias_callback_urls(alias: ProviderSchemeAlias) -> dict[str, str]:
     return _callback_urls_for(alias.scheme)
 
 
-def serialise(provider: SsoProvider) -> dict[str, Any]:
-    """The JSON shape of the CLI and exports. Never contains the client secret."""
-    metadata = provider.metadata_record
+def active_scheme(provider: SsoProvider) -> str:
+    """The scheme sign-ins use in the URLs they send to the IdP: the newest old scheme while
+    one is a live alias (the IdP may know only the old callback URLs, and a SAML IdP knows
+    Keyward by an entity id that contains the scheme), else the current one. See
+    oidc.signin_redirect_uri."""
+    aliases = live_aliases(provider)
+    if aliases:
+        return max(aliases, key=lambda alias: alias.created_at).scheme
+    return provider.scheme
+
+
+def certificates_of(provider: SsoProvider) -> list[dict[str, Any]]:
+    """The SAML signing certificates (fingerprint, not-after), soonest expiry first."""
+    rows = sorted(
+        (cert for cert in provider.certificates if cert.use == "signing"),
+        key=lambda cert: (cert.not_after is None, cert.not_after),
+    )
+    return [{"fingerprint": c.fingerprint_sha256, "not_after": _iso(c.not_after)} for c in rows]
+
+
+def _saml_summary(provider: SsoProvider) -> dict[str, Any]:
+    base = public_url()
     return {
+        "idp_entity_id": provider.saml_idp_entity_id,
+        "sso_url": provider.saml_sso_url,
+        "slo_url": provider.saml_slo_url,
+        "metadata_url": provider.saml_metadata_url,
+        "signed": provider.saml_signed,
+        "allow_idp_initiated": bool(provider.saml_allow_idp_initiated),
+        "sign_requests": bool(provider.saml_sign_requests),
+        "nameid_format": provider.saml_nameid_format,
+        "sp_entity_id": f"{base}/saml/{provider.scheme}/metadata",
+        "sp_metadata_url": f"{base}/saml/{provider.scheme}/metadata",
+        "acs_url": f"{base}/signin-{provider.scheme}",
+        "sp_slo_url": f"{base}/signout-{provider.scheme}",
+    }
+
+
+def serialise(provider: SsoProvider) -> dict[str, Any]:
+    """The JSON shape of the CLI and exports. Never contains the client secret nor the SAML
+    signing key. SAML providers add ``saml`` (IdP and SP settings) and ``certificates``;
+    their ``health.cert_expiry`` is the earliest signing certificate's not-after."""
+    metadata = provider.metadata_record
+    certificates = certificates_of(provider)
+    cert_expiry = _iso(metadata.cert_expiry) if metadata else None
+    if provider.protocol == Protocol.SAML and certificates:
+        cert_expiry = certificates[0]["not_after"]
+    item = {
         "id": str(provider.id),
         "account_id": provider.account_id,
         "builtin": provider.builtin,
@@ -996,9 +1209,13 @@ def serialise(provider: SsoProvider) -> dict[str, Any]:
             "last_success": _iso(metadata.last_success_at) if metadata else None,
             "last_error": metadata.last_error if metadata else None,
             "key_ids": (metadata.key_ids or []) if metadata else [],
-            "cert_expiry": _iso(metadata.cert_expiry) if metadata else None,
+            "cert_expiry": cert_expiry,
         },
+        "certificates": certificates,
     }
+    if provider.protocol == Protocol.SAML:
+        item["saml"] = _saml_summary(provider)
+    return item
 
 
 def _iso(value) -> str | None:
@@ -1021,6 +1238,18 @@ _EXPORTED_SETTINGS = (
     "subject_field",
     "email_field",
     "name_field",
+    # SAML: the metadata document travels (it holds only public data), so an import needs no
+    # network; the SP key pair does not (a new one is made when requests are signed).
+    "saml_metadata_xml",
+    "saml_metadata_url",
+    "saml_signed",
+    "saml_allow_idp_initiated",
+    "saml_sign_requests",
+    "saml_nameid_format",
+    "saml_email_attribute",
+    "saml_given_name_attribute",
+    "saml_family_name_attribute",
+    "saml_name_attribute",
 )
 # Keys of an exported provider that describe this installation, not the settings: accepted
 # by import and ignored.
@@ -1037,10 +1266,20 @@ _IGNORED_ON_IMPORT = frozenset(
         "callback_urls",
         "aliases",
         "health",
+        "certificates",
+        "saml",
     }
 )
 _BOOLEAN_SETTINGS = frozenset(
-    {"enabled", "visible", "jit_provisioning", "trust_email_verified", "allow_hs256"}
+    {
+        "enabled",
+        "visible",
+        "jit_provisioning",
+        "trust_email_verified",
+        "allow_hs256",
+        "saml_allow_idp_initiated",
+        "saml_sign_requests",
+    }
 )
 _FIELD_NAMES = tuple(f.name for f in dataclass_fields(ProviderFields))
 
@@ -1096,7 +1335,14 @@ def _fields_from_item(item: Any, errors: dict[str, str]) -> ProviderFields | Non
     for name in ("display_name", "scheme", "additional_scopes", "subject_field"):
         if name in values and values[name] is None:
             values[name] = ""
-    for name in ("protocol", "response_type", "default_role", "email_field", "name_field"):
+    for name in (
+        "protocol",
+        "response_type",
+        "default_role",
+        "email_field",
+        "name_field",
+        "saml_signed",
+    ):
         if name in values and values[name] is None:
             del values[name]
     return ProviderFields(**values)
@@ -1125,6 +1371,7 @@ def import_providers(
     actor: User | None = None,
     meta: audit.RequestMeta = audit.NO_REQUEST,
     check_discovery: bool = False,
+    fetch_metadata: bool = True,
 ) -> list[SsoProvider]:
     """Create the providers of an export (a JSON list) in ``account``: all of them or none.
 
@@ -1146,7 +1393,11 @@ def import_providers(
         if fields is not None and not item_errors:
             try:
                 result = _validate(
-                    fields, exclude_id=None, builtin=False, check_discovery=check_discovery
+                    fields,
+                    exclude_id=None,
+                    builtin=False,
+                    check_discovery=check_discovery,
+                    fetch_metadata=fetch_metadata,
                 )
             except ValidationError as error:
                 item_errors.update(error.errors)

@@ -54,7 +54,12 @@ from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
+from sqlalchemy import bindparam
 from sqlalchemy import delete
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from app.cache import get_cache
@@ -409,7 +414,29 @@ def _skew() -> int:
 
 def signing_certificates(provider: SsoProvider) -> list[str]:
     """The IdP certificates that may sign (PEM), oldest first."""
+    if "certificates" in sa_inspect(provider).unloaded and provider.id is not None:
+        # Not loaded (an ACS request): the PEMs by one plain query, without building ORM
+        # objects. Unflushed changes cannot be missed: the query autoflushes, and changing
+        # the collection would have loaded it.
+        return list(db.session.scalars(_SIGNING_PEMS, {"provider_id": provider.id}))
     return [cert.pem for cert in provider.certificates if cert.use == "signing"]
+
+
+_SIGNING_PEMS = (
+    select(ProviderCertificate.__table__.c.pem)
+    .where(
+        ProviderCertificate.__table__.c.provider_id == bindparam("provider_id"),
+        ProviderCertificate.__table__.c.use == "signing",
+    )
+    .order_by(ProviderCertificate.__table__.c.id)
+)
+
+
+# Built settings by everything they are made of (see _settings): building them parses and
+# checks the certificates and the SP key, a large share of an ACS request. Bounded; a change
+# of any input is a new key, so a stale entry is never used.
+_SETTINGS_CACHE: dict[tuple, OneLogin_Saml2_Settings] = {}
+_SETTINGS_CACHE_SIZE = 256
 
 
 def _settings(
@@ -417,7 +444,35 @@ def _settings(
 ) -> OneLogin_Saml2_Settings:
     """python3-saml settings for one provider, strict, with every check on.
 
-    ``want_messages_signed`` overrides the provider's choice for logout messages."""
+    ``want_messages_signed`` overrides the provider's choice for logout messages. Built once
+    per combination of the provider's SAML settings, certificates, scheme and PUBLIC_URL."""
+    key = (
+        provider.id,
+        scheme or provider.scheme,
+        _base_url(),
+        want_messages_signed,
+        provider.saml_idp_entity_id,
+        provider.saml_sso_url,
+        provider.saml_slo_url,
+        provider.saml_signed,
+        bool(provider.saml_sign_requests),
+        provider.saml_sp_cert,
+        provider.saml_sp_key_encrypted,
+        provider.saml_nameid_format,
+        tuple(signing_certificates(provider)),
+    )
+    settings = _SETTINGS_CACHE.get(key)
+    if settings is None:
+        settings = _build_settings(provider, scheme, want_messages_signed=want_messages_signed)
+        if len(_SETTINGS_CACHE) >= _SETTINGS_CACHE_SIZE:
+            _SETTINGS_CACHE.clear()
+        _SETTINGS_CACHE[key] = settings
+    return settings
+
+
+def _build_settings(
+    provider: SsoProvider, scheme: str | None, *, want_messages_signed: bool | None
+) -> OneLogin_Saml2_Settings:
     missing = [
         label
         for label, value in (
@@ -981,6 +1036,15 @@ def _first_use(kind: str, provider: SsoProvider, message_id: str, expires_at: da
         # they are dropped now and then rather than at every sign-in.
         _next_purge = time.monotonic() + REPLAY_PURGE_INTERVAL
         db.session.execute(delete(SamlAssertionId).where(SamlAssertionId.expires_at < now))
+    insert = _INSERT_IF_NEW.get(db.session.get_bind().dialect.name)
+    if insert is not None:
+        # One statement, no savepoint: the unique index decides, also against a concurrent
+        # transaction (PostgreSQL waits for it, then does nothing), and 0 rows is a replay.
+        # On the ORM session's connection (its transaction), without the ORM's execute path.
+        result = db.session.connection().execute(
+            insert, {"digest": digest, "expires_at": expires_at}
+        )
+        return result.first() is not None
     try:
         # A savepoint: a unique violation must not undo the caller's transaction.
         with db.session.begin_nested():
@@ -988,6 +1052,24 @@ def _first_use(kind: str, provider: SsoProvider, message_id: str, expires_at: da
     except IntegrityError:
         return False
     return True
+
+
+def _insert_if_new(insert: Any) -> Any:
+    return (
+        insert(SamlAssertionId.__table__)
+        .values(assertion_id_hash=bindparam("digest"), expires_at=bindparam("expires_at"))
+        .on_conflict_do_nothing(index_elements=["assertion_id_hash"])
+        # A row comes back only when it was inserted (rowcount is not reliable with every
+        # driver for this statement).
+        .returning(SamlAssertionId.__table__.c.id)
+    )
+
+
+# INSERT ... ON CONFLICT DO NOTHING of the replay cache row, by database dialect.
+_INSERT_IF_NEW = {
+    "postgresql": _insert_if_new(postgresql_insert),
+    "sqlite": _insert_if_new(sqlite_insert),
+}
 
 
 # --- attributes ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from datetime import timedelta
 from typing import Any
@@ -300,6 +301,31 @@ def revoke_idp_sessions(
             query = query.where(Session.idp_subject == subject)
     else:
         query = query.where(Session.idp_subject == subject)
+    return db.session.execute(query).rowcount or 0
+
+
+def revoke_subject_sessions(
+    provider_id: uuid.UUID, *, subject: str, sids: Collection[str] = (), reason: str
+) -> int:
+    """End the live sessions of one IdP subject at one provider (SAML single logout, core
+    3.7.3.2: a LogoutRequest names the NameID and, optionally, the SessionIndex values to
+    end): all of the subject's sessions there, or only those whose IdP sid is one of
+    ``sids`` when any are given. One UPDATE, effective on every web process at their next
+    request; returns how many ended."""
+    if not subject:
+        return 0
+    query = (
+        update(Session)
+        .where(
+            Session.provider_id == provider_id,
+            Session.idp_subject == subject,
+            Session.revoked_at.is_(None),
+        )
+        .values(revoked_at=utcnow(), revoked_reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    if sids:
+        query = query.where(Session.idp_sid.in_(list(sids)))
     return db.session.execute(query).rowcount or 0
 
 

@@ -7,7 +7,8 @@ document.addEventListener("DOMContentLoaded", function () {
     var update = function () {
       var value = scheme.value.trim() || "{scheme}";
       document.querySelectorAll("[data-callback-prefix]").forEach(function (el) {
-        el.textContent = el.getAttribute("data-callback-prefix") + value;
+        el.textContent = el.getAttribute("data-callback-prefix") + value +
+          (el.getAttribute("data-callback-suffix") || "");
       });
     };
     scheme.addEventListener("input", update);
@@ -32,7 +33,8 @@ document.addEventListener("DOMContentLoaded", function () {
   if (protocol) {
     var show = function () {
       document.querySelectorAll("fieldset[data-protocol]").forEach(function (set) {
-        set.hidden = set.getAttribute("data-protocol") !== protocol.value;
+        // data-protocol lists the protocols a fieldset belongs to ("oidc oauth2").
+        set.hidden = set.getAttribute("data-protocol").split(" ").indexOf(protocol.value) < 0;
       });
     };
     protocol.addEventListener("change", show);

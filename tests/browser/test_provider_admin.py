@@ -93,7 +93,7 @@ def test_admin_creates_disables_renames_tests_and_deletes_a_provider(
     # Create from the Entra preset: it fills in what it can and says what to do at the IdP.
     page.goto(f"/admin/accounts/{account.id}/sso-providers")
     page.get_by_role("link", name="Create SSO provider").click()
-    page.get_by_role("link", name="Microsoft Entra ID").click()
+    page.get_by_role("link", name="Microsoft Entra ID", exact=True).click()
     expect(page.get_by_label("External id claim")).to_have_value("oid")
     expect(page.get_by_label("Authority URL")).to_have_value(
         "https://login.microsoftonline.com/{tenant}/v2.0"

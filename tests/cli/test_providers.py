@@ -514,3 +514,233 @@ def test_import_of_a_missing_file_is_an_error(runner, make_account, tmp_path):
         runner.invoke(args=["providers", "import", str(missing), "--account", str(account.id)]),
         f"Cannot read {missing}: No such file or directory.",
     )
+
+
+# --- SAML 2.0 ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saml_idp():
+    """An in-process pysaml2 IdP: its metadata document is what the commands load."""
+    from tests.e2e.saml_idp import IdpCore
+
+    core = IdpCore("http://127.0.0.1:9")
+    yield core
+    core.close()
+
+
+def create_saml(runner, account_id, *extra, scheme="AcmeSaml"):
+    return run_json(
+        runner,
+        "providers",
+        "create",
+        "--account",
+        str(account_id),
+        "--protocol",
+        "saml",
+        "--display-name",
+        "Acme SAML",
+        "--scheme",
+        scheme,
+        *extra,
+    )
+
+
+def _metadata_file(tmp_path, saml_idp) -> str:
+    path = tmp_path / "idp-metadata.xml"
+    path.write_text(saml_idp.metadata_xml())
+    return str(path)
+
+
+def test_create_saml_from_a_metadata_file(runner, make_account, tmp_path, saml_idp):
+    from app.services import saml
+
+    provider = create_saml(
+        runner, make_account().id, "--metadata-file", _metadata_file(tmp_path, saml_idp)
+    )
+    assert provider["protocol"] == "saml" and provider["scheme"] == "AcmeSaml"
+    assert provider["saml"] == {
+        "idp_entity_id": saml_idp.entity_id,
+        "sso_url": saml_idp.sso_url,
+        "slo_url": saml_idp.slo_url,
+        "metadata_url": None,
+        "signed": "assertion",
+        "allow_idp_initiated": False,
+        "sign_requests": False,
+        "nameid_format": None,
+        "sp_entity_id": "http://localhost/saml/AcmeSaml/metadata",
+        "sp_metadata_url": "http://localhost/saml/AcmeSaml/metadata",
+        "acs_url": "http://localhost/signin-AcmeSaml",
+        "sp_slo_url": "http://localhost/signout-AcmeSaml",
+    }
+    fingerprint, not_after = saml.certificate_facts(saml_idp.signing_key.cert_pem)
+    assert provider["certificates"] == [
+        {"fingerprint": fingerprint, "not_after": not_after.isoformat()}
+    ]
+    assert provider["health"]["cert_expiry"] == not_after.isoformat()
+    assert provider["has_client_secret"] is False and provider["client_id"] is None
+
+
+def test_create_saml_with_every_option(app, runner, make_account, tmp_path, saml_idp):
+    provider = create_saml(
+        runner,
+        make_account().id,
+        "--metadata-file",
+        _metadata_file(tmp_path, saml_idp),
+        "--signed",
+        "both",
+        "--allow-idp-initiated",
+        "--sign-requests",
+        "--nameid-format",
+        "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
+        "--email-attribute",
+        "mail",
+        "--given-name-attribute",
+        "givenName",
+        "--family-name-attribute",
+        "sn",
+        "--name-attribute",
+        "displayName",
+        "--jit",
+    )
+    assert provider["saml"]["signed"] == "both"
+    assert provider["saml"]["allow_idp_initiated"] is True
+    assert provider["saml"]["sign_requests"] is True
+    assert provider["jit"] is True
+    shown = runner.invoke(args=["providers", "show", provider["id"], "--json"]).stdout
+    assert "PRIVATE KEY" not in shown
+    from app.extensions import db
+    from app.models import SsoProvider
+
+    with app.app_context():
+        row = db.session.get(SsoProvider, uuid.UUID(provider["id"]))
+        assert (row.saml_email_attribute, row.saml_given_name_attribute) == ("mail", "givenName")
+        assert (row.saml_family_name_attribute, row.saml_name_attribute) == ("sn", "displayName")
+        assert row.saml_sp_cert and "PRIVATE KEY" not in row.saml_sp_key_encrypted
+    # The request-signing key is a provider secret for `flask keys rotate`.
+    assert run_json(runner, "keys", "rotate") == {"providers": 1, "sessions": 0}
+
+
+def test_create_saml_from_a_metadata_url_fetches_it(make_app, make_account, saml_idp):
+    import threading
+    from http.server import BaseHTTPRequestHandler
+    from http.server import ThreadingHTTPServer
+
+    document = saml_idp.metadata_xml().encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format, *args):
+            pass
+
+        def do_GET(self):
+            found = self.path == "/md"
+            body = document if found else b"nope"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = False
+    server.block_on_close = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        runner = make_app(OUTBOUND_ALLOW_PRIVATE=host).test_cli_runner()
+        account = make_account()
+        provider = create_saml(runner, account.id, "--metadata-url", f"http://{host}/md")
+        assert provider["saml"]["metadata_url"] == f"http://{host}/md"
+        assert provider["saml"]["idp_entity_id"] == saml_idp.entity_id
+        refreshed = run_json(runner, "providers", "refresh", provider["id"])
+        assert refreshed["refreshed"] is True
+        assert refreshed["health"]["last_success"] is not None
+        missing = runner.invoke(
+            args=[
+                "providers",
+                "create",
+                "--account",
+                str(account.id),
+                "--protocol",
+                "saml",
+                "--display-name",
+                "Other",
+                "--scheme",
+                "Other",
+                "--metadata-url",
+                f"http://{host}/missing",
+            ]
+        )
+        assert_error(missing, "could not be loaded")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        ([], "metadata xml, or enter its metadata url"),
+        (["--metadata-file", "/nonexistent/md.xml"], "Cannot read /nonexistent/md.xml"),
+        (["--metadata-url", "http://idp.example.com/md"], "only https"),
+        (["--metadata-file", "BAD"], "not valid XML"),
+        (
+            [
+                "--metadata-file",
+                "GOOD",
+                "--nameid-format",
+                "urn:oasis:names:tc:SAML:2.0:nameid-format:transient",
+            ],
+            "transient",
+        ),
+    ],
+)
+def test_bad_saml_input_is_a_one_line_error(
+    runner, make_account, tmp_path, saml_idp, args, fragment
+):
+    args = list(args)
+    if "BAD" in args:
+        bad = tmp_path / "bad.xml"
+        bad.write_text("<not xml")
+        args[args.index("BAD")] = str(bad)
+    if "GOOD" in args:
+        args[args.index("GOOD")] = _metadata_file(tmp_path, saml_idp)
+    result = runner.invoke(
+        args=[
+            "providers",
+            "create",
+            "--account",
+            str(make_account().id),
+            "--protocol",
+            "saml",
+            "--display-name",
+            "Acme SAML",
+            "--scheme",
+            "AcmeSaml",
+            *args,
+            "--json",
+        ]
+    )
+    assert_error(result, fragment)
+    assert run_json(runner, "providers", "list") == []
+
+
+def test_saml_export_import_round_trip(runner, make_account, tmp_path, saml_idp):
+    source, target = make_account("Acme"), make_account("Initech")
+    provider = create_saml(
+        runner,
+        source.id,
+        "--metadata-file",
+        _metadata_file(tmp_path, saml_idp),
+        "--sign-requests",
+        "--email-attribute",
+        "mail",
+    )
+    path = tmp_path / "providers.json"
+    assert runner.invoke(args=["providers", "export", str(path)]).exit_code == 0
+    exported = json.loads(path.read_text())
+    assert exported[0]["saml_metadata_xml"].startswith("<?xml")
+    assert "PRIVATE KEY" not in path.read_text()
+    run_json(runner, "providers", "delete", provider["id"])
+    (imported,) = run_json(runner, "providers", "import", str(path), "--account", str(target.id))
+    assert imported["saml"] == provider["saml"]
+    assert imported["certificates"] == provider["certificates"]

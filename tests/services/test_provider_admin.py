@@ -171,7 +171,7 @@ OAUTH2 = {
     "changes,field,fragment",
     [
         ({"protocol": "ldap"}, "protocol", "Protocol must be oidc, oauth2 or saml."),
-        ({"protocol": "saml"}, "protocol", "SAML providers are not supported yet."),
+        ({"protocol": "saml"}, "saml_metadata_xml", "Paste the identity provider's metadata"),
         ({"display_name": "  "}, "display_name", "Display name is required."),
         ({"display_name": "x" * 101}, "display_name", "at most 100 characters"),
         ({"scheme": ""}, "scheme", "must not be empty"),

@@ -25,6 +25,7 @@ from flask import url_for
 from flask_login import current_user
 
 from app.blueprints.auth import bp
+from app.blueprints.auth import saml_flow
 from app.cache import get_cache
 from app.extensions import csrf
 from app.extensions import db
@@ -83,8 +84,6 @@ def sso(guid: str):
         return refusal_page(
             403, f"Sign-in with {provider.display_name} is disabled.", "Provider disabled"
         )
-    if provider.protocol == "saml":
-        return refusal_page(501, "SAML sign-in is not available yet.", "Not available")
     return _start_flow(provider, next_url=safe_next(request.args.get("next")))
 
 
@@ -95,6 +94,11 @@ def _start_flow(
     intent: str = "login",
     extra: dict | None = None,
 ):
+    if provider.protocol == "saml":
+        if intent in ACCOUNT_INTENTS:
+            # Linking from the profile is offered for OpenID Connect and OAuth 2.0 only.
+            return refusal_page(404, "There is no such sign-in provider.", "Unknown provider")
+        return saml_flow.start(provider, next_url=next_url, intent=intent, extra=extra)
     try:
         auth_request = oidc.begin(provider, intent=intent, next_url=next_url)
     except oidc.SignInFailed as failure:
@@ -160,9 +164,14 @@ def _provider_for_callback(scheme: str) -> SsoProvider | None:
 
 
 def _callback(scheme: str):
-    provider = _provider_for_callback(scheme)
+    found = providers.resolve_callback_scheme(scheme)
+    provider = found[0] if found is not None else None
     if provider is None:
         return refusal_page(404, "There is no such sign-in provider.", "Unknown provider")
+    if provider.protocol == "saml":
+        # The ACS: the URLs are compared in the scheme's own spelling (the alias's after a
+        # rename), since that is what the IdP was told.
+        return saml_flow.acs(provider, found[1].scheme if found[1] else provider.scheme)
     params = request.form if request.method == "POST" else request.args
     state = params.get("state") or ""
     flows = dict(session.get(FLOWS_KEY) or {})
@@ -232,18 +241,29 @@ def _test_result(provider: SsoProvider, flow: dict, *, result=None, failure=None
 
 
 @bp.route("/signin-<scheme>", methods=["GET", "POST"])
-@csrf.exempt  # the IdP posts here; state (bound to this browser's session) is the CSRF check
+# The IdP posts here; state (OIDC) or InResponseTo (SAML), bound to this browser's session,
+# is the CSRF check.
+@csrf.exempt
 def signin_callback(scheme: str):
     return _callback(scheme)
 
 
+@bp.route("/saml/<scheme>/metadata")
+def saml_metadata(scheme: str):
+    """Keyward's SAML SP metadata for one provider (application/samlmetadata+xml)."""
+    return saml_flow.sp_metadata(scheme)
+
+
 def federated_logout_redirect(record) -> str | None:
-    """After a local sign-out, where to send the browser for RP-initiated logout (or None)."""
+    """After a local sign-out, where to send the browser for RP-initiated logout (OIDC) or
+    an SP-initiated LogoutRequest (SAML), or None."""
     if record is None or record.provider_id is None:
         return None
     provider = db.session.get(SsoProvider, record.provider_id)
     if provider is None or not provider.enabled:
         return None
+    if provider.protocol == "saml":
+        return saml_flow.logout_redirect(provider, record)
     id_token = crypto.decrypt(record.id_token_encrypted) if record.id_token_encrypted else None
     state = secrets.token_urlsafe(24)
     url = oidc.end_session_url(provider, id_token, state)
@@ -272,10 +292,14 @@ def frontchannel_logout(scheme: str):
     """OIDC Front-Channel Logout 1.0 §2: the IdP loads this in an iframe with iss and sid.
 
     It arrives without our (SameSite=Lax) cookie, so the sessions are found by the IdP's sid.
+    For a SAML provider this is the single logout service (saml_flow.single_logout).
     """
-    provider = _provider_for_callback(scheme)
-    if provider is None:
+    found = providers.resolve_callback_scheme(scheme)
+    if found is None:
         abort(404)
+    provider = found[0]
+    if provider.protocol == "saml":
+        return saml_flow.single_logout(provider, found[1].scheme if found[1] else provider.scheme)
     sid = request.args.get("sid")
     iss = request.args.get("iss")
     if sid and iss:

@@ -28,6 +28,30 @@ ROLE_CHOICES = [
 _PLACEHOLDER = re.compile(r"\{[^}]*\}")
 _URL_FIELDS = ("authority", "authorization_endpoint", "token_endpoint", "userinfo_endpoint")
 MAX_ROLE_MAPPING_LINES = 200
+# What the IdP must sign, and the NameID formats an admin may ask for (transient cannot name
+# a login: it changes at every sign-in).
+SAML_SIGNED_CHOICES = [
+    SelectChoice("assertion", "The assertion (recommended; the default of most IdPs)"),
+    SelectChoice("response", "The whole response"),
+    SelectChoice("both", "Both the response and the assertion"),
+]
+SAML_NAMEID_CHOICES = [
+    SelectChoice("", "Let the identity provider choose"),
+    SelectChoice(
+        "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent", "Persistent (recommended)"
+    ),
+    SelectChoice("urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress", "Email address"),
+    SelectChoice("urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified", "Unspecified"),
+]
+# Form fields that are SAML settings (ProviderFields names), strings then booleans.
+SAML_TEXT_FIELDS = (
+    "saml_metadata_url",
+    "saml_email_attribute",
+    "saml_given_name_attribute",
+    "saml_family_name_attribute",
+    "saml_name_attribute",
+)
+SAML_FLAGS = ("saml_allow_idp_initiated", "saml_sign_requests")
 
 
 def _no_placeholder(form: FlaskForm, field) -> None:
@@ -61,14 +85,18 @@ def format_role_mappings(rows: Any) -> str:
 
 
 class ProviderForm(FlaskForm):
-    """Every setting of an OpenID Connect or OAuth 2.0 provider (SAML comes with issue 7).
+    """Every setting of an OpenID Connect, OAuth 2.0 or SAML 2.0 provider.
 
     Field names are ProviderFields' names (plus the role mapping and the secret lock), so the
     service's per-field errors land next to the right input."""
 
     protocol = SelectField(
         "Protocol",
-        choices=[SelectChoice("oidc", "OpenID Connect"), SelectChoice("oauth2", "OAuth 2.0")],
+        choices=[
+            SelectChoice("oidc", "OpenID Connect"),
+            SelectChoice("oauth2", "OAuth 2.0"),
+            SelectChoice("saml", "SAML 2.0"),
+        ],
     )
     display_name = StringField(
         "Display name",
@@ -166,6 +194,40 @@ class ProviderForm(FlaskForm):
         "Role when no value matches",
         choices=[SelectChoice("", "No change (keep the user's role)"), *ROLE_CHOICES],
     )
+    saml_metadata_xml = TextAreaField(
+        "IdP metadata XML",
+        validators=[Length(max=1024 * 1024)],
+        description="Paste the identity provider's federation metadata document "
+        "(<EntityDescriptor>…). Or leave this empty and enter its URL below.",
+    )
+    saml_metadata_url = StringField(
+        "IdP metadata URL",
+        validators=[Length(max=2048), _no_placeholder],
+        description="Where the identity provider publishes its metadata (https). Keyward "
+        "fetches it now and keeps it fresh, so new signing certificates are picked up.",
+    )
+    saml_signed = SelectField(
+        "What the identity provider signs", choices=SAML_SIGNED_CHOICES, default="assertion"
+    )
+    saml_allow_idp_initiated = BooleanField(
+        "Allow sign-ins started at the identity provider (IdP-initiated)",
+        description="Off by default: an answer Keyward did not ask for cannot be tied to the "
+        "browser that sends it. Turn on only for IdP app portals (My Apps, Okta dashboard).",
+    )
+    saml_sign_requests = BooleanField(
+        "Sign authentication and logout requests",
+        description="Keyward makes a signing key; its certificate is in the SP metadata. "
+        "ADFS and Okta need it for single logout.",
+    )
+    saml_nameid_format = SelectField("NameID format", choices=SAML_NAMEID_CHOICES, default="")
+    saml_email_attribute = StringField(
+        "Email attribute",
+        validators=[Length(max=255)],
+        description="Empty: the usual names (Entra and ADFS claim URIs, email, mail, …).",
+    )
+    saml_given_name_attribute = StringField("Given name attribute", validators=[Length(max=255)])
+    saml_family_name_attribute = StringField("Family name attribute", validators=[Length(max=255)])
+    saml_name_attribute = StringField("Display name attribute", validators=[Length(max=255)])
     enabled = BooleanField("Enabled", description="Disabled providers refuse every sign-in.")
     visible = BooleanField(
         "Shown on the sign-in page",
@@ -181,8 +243,10 @@ class ProviderForm(FlaskForm):
         data = {
             f.name: getattr(provider, f.name)
             for f in dataclasses.fields(ProviderFields)
-            if f.name not in ("client_secret", "role_mappings")
+            # The stored metadata document is not shown back: left empty, it is kept.
+            if f.name not in ("client_secret", "role_mappings", "saml_metadata_xml")
         }
+        data["saml_nameid_format"] = provider.saml_nameid_format or ""
         data["role_mappings"] = format_role_mappings(provider.role_mappings)
         data["role_mapping_default"] = provider.role_mapping_default or ""
         return data
@@ -205,7 +269,14 @@ class ProviderForm(FlaskForm):
             "default_role": self.default_role.data,
             "role_mapping_default": self.role_mapping_default.data or None,
             "role_mappings": parse_role_mappings(self.role_mappings.data),
+            "saml_metadata_xml": (self.saml_metadata_xml.data or "").strip() or None,
+            "saml_signed": self.saml_signed.data or "assertion",
+            "saml_nameid_format": self.saml_nameid_format.data or None,
         }
+        for name in SAML_TEXT_FIELDS:
+            values[name] = (getattr(self, name).data or "").strip() or None
+        for name in SAML_FLAGS:
+            values[name] = bool(getattr(self, name).data)
         for name in (
             "authority",
             "client_id",

@@ -17,6 +17,8 @@ from app.blueprints.providers.forms import ActionForm
 from app.blueprints.providers.forms import ProviderForm
 from app.extensions import db
 from app.models import SsoProvider
+from app.models.base import utcnow
+from app.models.provider import CERT_EXPIRY_WARNING
 from app.permissions import account_role_required
 from app.services import presets
 from app.services import providers
@@ -32,12 +34,47 @@ CALLBACKS = (
     ("signout", "Front-channel logout URL", "/signout-"),
     ("backchannel_logout", "Back-channel logout URI", "/backchannel-logout-"),
 )
+# What an admin enters at a SAML IdP: (key, label, path before the scheme, path after it).
+SAML_URLS = (
+    ("entity_id", "SP entity ID (Identifier, Audience URI)", "/saml/", "/metadata"),
+    ("acs", "Assertion consumer service URL (Reply URL, Single sign-on URL)", "/signin-", ""),
+    ("slo", "Single logout URL", "/signout-", ""),
+    ("sp_metadata", "SP metadata URL", "/saml/", "/metadata"),
+)
+
+
+def saml_urls(scheme: str) -> dict[str, str]:
+    """The SAML URLs of a scheme, by SAML_URLS key (from PUBLIC_URL)."""
+    base = providers.public_url()
+    return {key: f"{base}{before}{scheme}{after}" for key, _, before, after in SAML_URLS}
+
+
+def certificate_rows(provider: SsoProvider) -> list[dict]:
+    """The provider's SAML signing certificates for the pages: fingerprint, expiry and
+    ``status`` (expired, soon = within CERT_EXPIRY_WARNING, ok), soonest expiry first."""
+    now = utcnow()
+    rows = []
+    for cert in sorted(
+        provider.certificates, key=lambda c: (c.not_after is None, c.not_after or now)
+    ):
+        status = "ok"
+        if cert.not_after is not None and cert.not_after <= now:
+            status = "expired"
+        elif cert.not_after is not None and cert.not_after - now <= CERT_EXPIRY_WARNING:
+            status = "soon"
+        rows.append(
+            {"fingerprint": cert.fingerprint_sha256, "not_after": cert.not_after, "status": status}
+        )
+    return rows
 
 
 @bp.context_processor
 def _page_helpers() -> dict:
     return {
         "callbacks": CALLBACKS,
+        "saml_url_labels": SAML_URLS,
+        "saml_urls": saml_urls,
+        "certificate_rows": certificate_rows,
         "public_url": providers.public_url(),
         "alias_days": current_app.config.get("PROVIDER_SCHEME_ALIAS_DAYS", 30),
     }
@@ -131,8 +168,6 @@ def _render_create(form: ProviderForm, preset: presets.Preset, status: int):
 def edit(account_id: int, guid: str):
     provider = _provider_of_account(account_id, guid)
     form = ProviderForm(data=ProviderForm.data_from_provider(provider))
-    if provider.protocol == "saml" and request.method == "POST":
-        abort(400, description="SAML providers cannot be edited here yet.")
     if not form.validate_on_submit():
         status = 400 if form.is_submitted() else 200
         return _render_edit(form, provider, status)

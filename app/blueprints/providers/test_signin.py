@@ -1,10 +1,10 @@
 """ "Test sign-in": an admin runs a provider's flow and sees what a real sign-in would do.
 
-The flow is the provider's real one (same request, same token checks); only its end differs:
-the callback (auth/federated.py) hands a flow with ``intent == "test"`` to
-render_test_result, which shows the verified claims, the user the identity resolves to (or
-that one would be created), the role and the CEL verdict. No session is created, and no user,
-membership, link or audit row is written.
+The flow is the provider's real one (same request, same token or assertion checks); only its
+end differs: the callback (auth/federated.py, auth/saml_flow.py for SAML) hands a flow with
+``intent == "test"`` to render_test_result, which shows the verified claims (SAML: the
+attributes), the user the identity resolves to (or that one would be created), the role and
+the CEL verdict. No session is created, and no user, membership, link or audit row is written.
 """
 
 from __future__ import annotations
@@ -49,8 +49,7 @@ def test_signin(account_id: int, guid: str):
     from app.blueprints.auth.federated import _start_flow
 
     provider = _account_provider(account_id, guid)
-    if provider.protocol == "saml":
-        abort(404)
+    # OIDC and OAuth 2.0 keep the test in the flow state, SAML in the pending AuthnRequest.
     return _start_flow(
         provider,
         next_url=None,

@@ -179,11 +179,11 @@ def test_the_secret_never_appears_in_any_page(app, people, idp):
     assert _secret(app, guid) == secret
 
 
-def test_saml_providers_are_not_editable_here_yet(app, people, make_provider):
+def test_saml_providers_are_edited_with_the_same_form(app, people, make_provider):
+    # The SAML pages have their own tests (test_saml_admin.py).
     guid = make_provider(people.acme.id)
     with app.app_context():
         db.session.get(SsoProvider, uuid.UUID(guid)).protocol = "saml"
         db.session.commit()
     html = browser_for(app, people.acme_admin).get(base(people.acme.id) + f"/{guid}/edit").text
-    assert "SAML 2.0 settings cannot be edited here yet" in html
-    assert 'id="provider-form"' not in html
+    assert 'id="provider-form"' in html and "<legend>SAML 2.0</legend>" in html
