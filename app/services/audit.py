@@ -86,7 +86,8 @@ def record(
 
 
 # Built once (see insert_now).
-_INSERT = insert(AuditEvent.__table__)
+TABLE = AuditEvent.__table__
+_INSERT = insert(TABLE)
 
 
 def insert_now(
@@ -102,9 +103,35 @@ def insert_now(
 ) -> None:
     """record() for hot paths: one INSERT at once, in the caller's transaction, and no ORM
     object (whose unit-of-work flush costs more than the insert). Same rules as record()."""
+    values = values_now(
+        action,
+        actor=actor,
+        actor_label=actor_label,
+        account_id=account_id,
+        target_type=target_type,
+        target_id=target_id,
+        details=details,
+        meta=meta,
+    )
+    db.session.connection().execute(_INSERT, values)
+
+
+def values_now(
+    action: str,
+    *,
+    actor: User | Actor | None = None,
+    actor_label: str | None = None,
+    account_id: int | None = None,
+    target_type: str | None = None,
+    target_id: str | uuid.UUID | int | None = None,
+    details: dict[str, Any] | None = None,
+    meta: RequestMeta = NO_REQUEST,
+) -> dict[str, Any]:
+    """The row insert_now() writes (every column of TABLE but ``id``), for a caller that
+    writes it as part of a larger statement. Same rules as record()."""
     values = _values(action, actor, actor_label, account_id, target_type, target_id, details, meta)
     values["occurred_at"] = utcnow()
-    db.session.connection().execute(_INSERT, values)
+    return values
 
 
 def list_events(

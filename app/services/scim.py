@@ -20,6 +20,7 @@ import math
 import uuid
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
@@ -27,7 +28,9 @@ from typing import Any
 
 from sqlalchemy import Boolean
 from sqlalchemy import String
+from sqlalchemy import Uuid
 from sqlalchemy import and_
+from sqlalchemy import any_
 from sqlalchemy import bindparam
 from sqlalchemy import cast
 from sqlalchemy import delete
@@ -35,9 +38,13 @@ from sqlalchemy import exists
 from sqlalchemy import func
 from sqlalchemy import insert
 from sqlalchemy import literal
+from sqlalchemy import literal_column
 from sqlalchemy import select
+from sqlalchemy import true
 from sqlalchemy import type_coerce
+from sqlalchemy import union_all
 from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -119,6 +126,18 @@ class Caller:
     def record(self, action: str, target_type: str, target_id: Any, details: dict) -> None:
         # One INSERT at once, no ORM object: SCIM writes come in bulk from IdPs.
         audit.insert_now(
+            action,
+            actor_label=self.token.label,
+            account_id=self.account_id,
+            target_type=target_type,
+            target_id=target_id,
+            details={"token_id": str(self.token.id), **details},
+            meta=self.meta,
+        )
+
+    def audit_row(self, action: str, target_type: str, target_id: Any, details: dict) -> dict:
+        """The audit row record() would insert, for a statement that writes it with others."""
+        return audit.values_now(
             action,
             actor_label=self.token.label,
             account_id=self.account_id,
@@ -1032,10 +1051,11 @@ def _lower_user_name(node: sf.Filter, rtype: schema.ResourceType) -> sf.Filter:
     return node
 
 
-def _fast_user_filter(text: str) -> ColumnElement[bool] | None:
+def _fast_user_filter(text: str) -> tuple[Any, str] | None:
     """``userName eq "x"`` and ``externalId eq "x"``, the look-ups Entra ID and Okta send
-    before every write, straight to their indexed columns (the same clause to_sql would
-    build, without building the whole attribute map first)."""
+    before every write, straight to their indexed columns: the prebuilt statement and its
+    value (the clause to_sql would build, without building the attribute map and the
+    statement on every request)."""
     try:
         parsed = sf.parse_filter(text)
     except sf.FilterError as exc:
@@ -1050,9 +1070,9 @@ def _fast_user_filter(text: str) -> ColumnElement[bool] | None:
         return None
     name = parsed.path.attr.lower()
     if name == "username":
-        return User.user_name_key == parsed.value.lower()
+        return _USERS_BY_NAME_KEY, parsed.value.lower()
     if name == "externalid":
-        return User.external_id == parsed.value
+        return _USERS_BY_EXTERNAL_ID, parsed.value
     return None
 
 
@@ -1086,14 +1106,398 @@ def _sort_column(
     raise invalid_value(f"sortBy: cannot sort by {sort_by}")
 
 
-# --- Users -----------------------------------------------------------------------------------
-def _visible_users(account_id: int):
-    """(User, Membership) of the account's members: what its SCIM may see."""
-    return select(User, Membership).join(
-        Membership, and_(Membership.user_id == User.id, Membership.account_id == account_id)
+# --- rows: the statements SCIM runs, built once -------------------------------------------------
+# An IdP syncing a tenant sends hundreds of requests a second, each a handful of statements. As
+# on the sign-in path (bench/RESULTS.md, password_login), building a SQLAlchemy statement and
+# its cache key costs several times more than running it, and so do ORM objects (identity map,
+# unit-of-work flush). So SCIM reads and writes rows with Core statements built here, once, run
+# on the session's connection (in its transaction and SAVEPOINTs), and holds users, their
+# membership and groups as plain rows (UserRow, MembershipRow, GroupRow).
+_users = User.__table__
+_memberships = Membership.__table__
+_groups = Group.__table__
+_group_members = GroupMember.__table__
+_USER_KEYS: tuple[str, ...] = tuple(column.key for column in _users.columns)
+_GROUP_KEYS: tuple[str, ...] = tuple(column.key for column in _groups.columns)
+
+
+class _Row:
+    """One table row as plain attributes. ``changes()`` is what an UPDATE must write: the
+    columns whose values differ from those loaded (or last written), as the ORM's flush
+    compares them."""
+
+    _keys: tuple[str, ...] = ()
+
+    def __init__(self, values: dict[str, Any], *, loaded: bool = True) -> None:
+        self.__dict__.update(values)
+        # None: a new row, not in the database yet.
+        self._loaded: dict[str, Any] | None = dict(values) if loaded else None
+
+    @property
+    def is_new(self) -> bool:
+        return self._loaded is None
+
+    def changes(self) -> dict[str, Any]:
+        loaded = self._loaded or {}
+        values = self.__dict__
+        return {key: values[key] for key in self._keys if values[key] != loaded.get(key)}
+
+    def written(self, values: dict[str, Any] | None = None) -> None:
+        """The database now holds these values (all of them when None)."""
+        if values is None or self._loaded is None:
+            self._loaded = {key: self.__dict__[key] for key in self._keys}
+        else:
+            self._loaded.update(values)
+
+
+class UserRow(_Row):
+    """A users row (the columns of app.models.User), with the account's membership it was
+    loaded with and, when read in the same statement, the account's groups it is in."""
+
+    _keys = _USER_KEYS
+
+    def __init__(self, values: dict[str, Any], *, loaded: bool = True) -> None:
+        super().__init__(values, loaded=loaded)
+        self.membership: MembershipRow | None = None
+        # [(group id, displayName)] when loaded with the user, else None.
+        self.groups: list[tuple[uuid.UUID, str]] | None = None
+        # Uniqueness checks already answered in this request, for this user's id:
+        # ("email", address) -> taken by another user, ("externalId", value) -> used by
+        # another member of the account.
+        self.checked: dict[tuple[str, str], bool] = {}
+
+    @property
+    def scim_user_name(self) -> str:
+        """The SCIM userName: as provisioned, or the email of a user created here."""
+        return self.user_name or self.email
+
+    def flush(self, *, end_sessions: dict[str, Any] | None = None) -> int:
+        """Write the user's changes, then its membership's; with ``end_sessions`` (the
+        parameters of users.REVOKE_SESSIONS), end the user's sessions after them and return
+        how many. services.users calls this where the ORM would autoflush: before ending
+        the sessions of a user it deactivates."""
+        if end_sessions is None:
+            _save_user(self)
+            return 0
+        if _on_postgresql() and _deactivation_shape(self):
+            return _deactivate_pg(self, end_sessions)
+        _save_user(self)
+        result = _connection().execute(users_service.REVOKE_SESSIONS, end_sessions)
+        return result.rowcount or 0
+
+
+class MembershipRow(_Row):
+    """The memberships row of one user in one account (SCIM reads and writes ``active``)."""
+
+    _keys = ("active",)
+
+
+class GroupRow(_Row):
+    """A groups row (the columns of app.models.Group)."""
+
+    _keys = _GROUP_KEYS
+
+
+def _connection():
+    return db.session.connection()
+
+
+def _on_postgresql() -> bool:
+    return _connection().dialect.name == "postgresql"
+
+
+_MEMBER_OF = and_(
+    _memberships.c.user_id == _users.c.id,
+    _memberships.c.account_id == bindparam("account_id"),
+)
+_USER_COLUMNS = (
+    *(_users.c[key] for key in _USER_KEYS),
+    _memberships.c.id.label("membership_id"),
+    _memberships.c.active.label("membership_active"),
+)
+# (user, membership) of the account's members: what its SCIM may see.
+_VISIBLE_USERS = select(*_USER_COLUMNS).select_from(_users.join(_memberships, _MEMBER_OF))
+_USER_BY_ID = _VISIBLE_USERS.where(_users.c.id == bindparam("user_id"))
+# The same, with the account's groups the user is in (one row per group, ordered by name).
+_USER_BY_ID_WITH_GROUPS = (
+    select(*_USER_COLUMNS, _groups.c.id.label("group_id"), _groups.c.display_name)
+    .select_from(
+        _users.join(_memberships, _MEMBER_OF).outerjoin(
+            _group_members.join(
+                _groups,
+                and_(
+                    _groups.c.id == _group_members.c.group_id,
+                    _groups.c.account_id == bindparam("account_id"),
+                ),
+            ),
+            _group_members.c.user_id == _users.c.id,
+        )
+    )
+    .where(_users.c.id == bindparam("user_id"))
+    .order_by(_groups.c.display_name)
+)
+# Entra ID's and Okta's look-ups before every write (userName eq, externalId eq).
+_LIST_ORDER = (_users.c.created_at, _users.c.id)
+_USERS_BY_NAME_KEY = (
+    _VISIBLE_USERS.where(_users.c.user_name_key == bindparam("value"))
+    .order_by(*_LIST_ORDER)
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+_USERS_BY_EXTERNAL_ID = (
+    _VISIBLE_USERS.where(_users.c.external_id == bindparam("value"))
+    .order_by(*_LIST_ORDER)
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+_GROUPS_OF = (
+    select(_group_members.c.user_id, _groups.c.id, _groups.c.display_name)
+    .join(_groups, _groups.c.id == _group_members.c.group_id)
+    .where(
+        _groups.c.account_id == bindparam("account_id"),
+        _group_members.c.user_id.in_(bindparam("user_ids", expanding=True)),
+    )
+    .order_by(_groups.c.display_name)
+)
+# Any user holding a userName (in any account), and whether they are a member of any.
+_USER_BY_NAME_KEY = select(
+    *(_users.c[key] for key in _USER_KEYS),
+    exists().where(_memberships.c.user_id == _users.c.id).correlate(_users).label("has_membership"),
+).where(_users.c.user_name_key == bindparam("key"))
+_CREATE_CHECKS = select(
+    exists().where(_users.c.user_name_key == bindparam("key")).label("name_taken"),
+    exists()
+    .where(
+        _memberships.c.user_id == _users.c.id,
+        _memberships.c.account_id == bindparam("account_id"),
+        _users.c.external_id == bindparam("external_id"),
+    )
+    .label("external_id_used"),
+    exists().where(_users.c.email == bindparam("email")).label("email_taken"),
+)
+_NAME_KEY_TAKEN = (
+    select(_users.c.id)
+    .where(_users.c.user_name_key == bindparam("key"), _users.c.id != bindparam("user_id"))
+    .limit(1)
+)
+_EMAIL_TAKEN = (
+    select(_users.c.id)
+    .where(_users.c.email == bindparam("email"), _users.c.id != bindparam("user_id"))
+    .limit(1)
+)
+_EXTERNAL_ID_CLASH = (
+    select(_users.c.id)
+    .join(_memberships, _memberships.c.user_id == _users.c.id)
+    .where(
+        _memberships.c.account_id == bindparam("account_id"),
+        _users.c.external_id == bindparam("external_id"),
+        _users.c.id != bindparam("user_id"),
+    )
+    .limit(1)
+)
+_INSERT_USER = insert(_users)
+# No values(): each execution sets the columns its parameters name (compiled once per set).
+_UPDATE_USER = update(_users).where(_users.c.id == bindparam("_id"))
+_INSERT_MEMBERSHIP = insert(_memberships)
+_UPDATE_MEMBERSHIP = (
+    update(_memberships)
+    .where(
+        _memberships.c.user_id == bindparam("_user_id"),
+        _memberships.c.account_id == bindparam("_account_id"),
+    )
+    .values(active=bindparam("_active"))
+)
+
+
+def _user_from(row: Any, account_id: int) -> UserRow:
+    """A UserRow (with its MembershipRow) from a row of _USER_COLUMNS."""
+    count = len(_USER_KEYS)
+    user = UserRow(dict(zip(_USER_KEYS, row[:count], strict=True)))
+    user.membership = MembershipRow(
+        {"id": row[count], "active": row[count + 1], "user_id": user.id, "account_id": account_id}
+    )
+    return user
+
+
+def _save_user(user: UserRow) -> None:
+    """Write what changed of the user, then of its membership (INSERT for new rows)."""
+    connection = _connection()
+    if user.is_new:
+        connection.execute(_INSERT_USER, {key: user.__dict__[key] for key in _USER_KEYS})
+        user.written()
+    else:
+        changes = user.changes()
+        if changes:
+            if "updated_at" not in changes:
+                # The column's onupdate, as the ORM applies it (and keeps it on the object).
+                changes["updated_at"] = user.updated_at = utcnow()
+            connection.execute(_UPDATE_USER, {**changes, "_id": user.id})
+            user.written(changes)
+    membership = user.membership
+    if membership is None:
+        return
+    if membership.is_new:
+        connection.execute(
+            _INSERT_MEMBERSHIP,
+            {
+                "user_id": user.id,
+                "account_id": membership.account_id,
+                "role": membership.role,
+                "active": membership.active,
+                "created_at": membership.created_at,
+            },
+        )
+        membership.written()
+    elif membership.changes():
+        connection.execute(
+            _UPDATE_MEMBERSHIP,
+            {
+                "_user_id": user.id,
+                "_account_id": membership.account_id,
+                "_active": membership.active,
+            },
+        )
+        membership.written()
+
+
+# --- PostgreSQL: the writes of one change in one statement -----------------------------------
+# Every statement is a round trip to the database server, and on PostgreSQL (over TCP) a round
+# trip costs more CPU than anything else a SCIM request does: the driver, the kernel on both
+# sides, and the server's own work per statement (bench/RESULTS.md, scim). The writes of a
+# create, of a membership change and of a deactivation need nothing back from each other, so
+# on PostgreSQL each such set goes as one statement of data-modifying WITH queries. SQLite has
+# none; there they stay separate statements, which cost little in-process. Same rows, same
+# values either way.
+_audit = audit.TABLE
+_AUDIT_KEYS = tuple(column.key for column in _audit.columns if column.key != "id")
+_MEMBERSHIP_INSERT_KEYS = ("user_id", "account_id", "role", "active", "created_at")
+_UUIDS = ARRAY(Uuid())
+
+
+def _bound(table: Any, keys: Iterable[str], prefix: str) -> dict[Any, Any]:
+    """VALUES of ``keys``, each a parameter named ``prefix + key`` of the column's type."""
+    return {table.c[key]: bindparam(prefix + key, type_=table.c[key].type) for key in keys}
+
+
+def _prefixed(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {prefix + key: value for key, value in values.items()}
+
+
+# A new user: the users row, its membership and the audit event.
+_CREATE_USER_PG = (
+    insert(_audit)
+    .values(_bound(_audit, _AUDIT_KEYS, "a_"))
+    .add_cte(insert(_users).values(_bound(_users, _USER_KEYS, "u_")).cte("new_user"))
+    .add_cte(
+        insert(_memberships)
+        .values(_bound(_memberships, _MEMBERSHIP_INSERT_KEYS, "m_"))
+        .cte("new_membership")
+    )
+)
+# Members added to and removed from a group: the group_members rows, the ETags of the users
+# whose groups changed, the audit event, and the group's own version.
+_CHANGE_MEMBERS_PG = (
+    update(_groups)
+    .where(_groups.c.id == bindparam("g_id"))
+    .values(version=bindparam("g_version"), updated_at=bindparam("g_updated_at"))
+    .add_cte(
+        insert(_group_members)
+        .from_select(
+            ["group_id", "user_id", "created_at"],
+            select(
+                cast(bindparam("g_id"), Uuid()),
+                func.unnest(cast(bindparam("added"), _UUIDS)),
+                bindparam("added_at", type_=_group_members.c.created_at.type),
+            ),
+        )
+        .cte("added_members")
+    )
+    .add_cte(
+        delete(_group_members)
+        .where(
+            _group_members.c.group_id == bindparam("g_id"),
+            _group_members.c.user_id == any_(cast(bindparam("removed"), _UUIDS)),
+        )
+        .cte("removed_members")
+    )
+    .add_cte(
+        update(_users)
+        .where(_users.c.id == any_(cast(bindparam("changed"), _UUIDS)))
+        .values(version=_users.c.version + 1, updated_at=bindparam("added_at"))
+        .cte("bumped_users")
+    )
+    .add_cte(insert(_audit).values(_bound(_audit, _AUDIT_KEYS, "a_")).cte("member_event"))
+)
+# A managed user deactivated: the user (active, version, updated_at), the membership's active,
+# and every live session ended; returns how many. The users row is updated first (the main
+# statement) and the sessions after it, the order every other deactivation takes.
+_ENDED_SESSIONS = users_service.REVOKE_SESSIONS.returning(literal_column("1")).cte("ended_sessions")
+_DEACTIVATE_PG = (
+    update(_users)
+    .where(_users.c.id == bindparam("_id"))
+    .values(
+        active=bindparam("u_active"),
+        version=bindparam("u_version"),
+        updated_at=bindparam("u_updated_at"),
+    )
+    .returning(select(func.count()).select_from(_ENDED_SESSIONS).scalar_subquery())
+    .add_cte(_UPDATE_MEMBERSHIP.cte("deactivated_membership"))
+)
+_DEACTIVATION_COLUMNS = frozenset({"active", "version", "updated_at"})
+
+
+def _deactivation_shape(user: UserRow) -> bool:
+    """The changes _DEACTIVATE_PG writes: exactly those of the user and its membership."""
+    membership = user.membership
+    return (
+        user.changes().keys() == _DEACTIVATION_COLUMNS
+        and membership is not None
+        and not membership.is_new
+        and bool(membership.changes())
     )
 
 
+def _deactivate_pg(user: UserRow, end_sessions: dict[str, Any]) -> int:
+    membership = user.membership
+    assert membership is not None
+    ended = (
+        _connection()
+        .execute(
+            _DEACTIVATE_PG,
+            {
+                "_id": user.id,
+                "u_active": user.active,
+                "u_version": user.version,
+                "u_updated_at": user.updated_at,
+                "_user_id": user.id,
+                "_account_id": membership.account_id,
+                "_active": membership.active,
+                **end_sessions,
+            },
+        )
+        .scalar()
+    )
+    user.written()
+    membership.written()
+    return ended or 0
+
+
+def _create_user_pg(user: UserRow, event: dict[str, Any]) -> None:
+    membership = user.membership
+    assert membership is not None
+    _connection().execute(
+        _CREATE_USER_PG,
+        {
+            **_prefixed({key: user.__dict__[key] for key in _USER_KEYS}, "u_"),
+            **_prefixed({key: membership.__dict__[key] for key in _MEMBERSHIP_INSERT_KEYS}, "m_"),
+            **_prefixed(event, "a_"),
+        },
+    )
+    user.written()
+    membership.written()
+
+
+# --- Users -----------------------------------------------------------------------------------
 def _parse_id(resource_id: str, kind: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(resource_id))
@@ -1101,31 +1505,42 @@ def _parse_id(resource_id: str, kind: str) -> uuid.UUID:
         raise not_found(kind, resource_id) from None
 
 
-def load_user(caller: Caller, resource_id: str) -> tuple[User, Membership]:
-    """The user ``resource_id`` as the caller's account sees it; 404 otherwise."""
+def load_user(
+    caller: Caller, resource_id: str, *, with_groups: bool = True
+) -> tuple[UserRow, MembershipRow]:
+    """The user ``resource_id`` as the caller's account sees it; 404 otherwise. With
+    ``with_groups``, the account's groups the user is in come in the same statement
+    (``user.groups``; a user's own writes never change them)."""
     key = _parse_id(resource_id, "User")
-    row = db.session.execute(_visible_users(caller.account_id).where(User.id == key)).first()
-    if row is None:
+    params = {"account_id": caller.account_id, "user_id": key}
+    if not with_groups:
+        row = _connection().execute(_USER_BY_ID, params).first()
+        if row is None:
+            raise not_found("User", resource_id)
+        user = _user_from(row, caller.account_id)
+        return user, user.membership  # type: ignore[return-value]
+    rows = _connection().execute(_USER_BY_ID_WITH_GROUPS, params).all()
+    if not rows:
         raise not_found("User", resource_id)
-    return row[0], row[1]
+    user = _user_from(rows[0], caller.account_id)
+    user.groups = [(row.group_id, row.display_name) for row in rows if row.group_id is not None]
+    return user, user.membership  # type: ignore[return-value]
 
 
 def _groups_of(account_id: int, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[tuple]]:
     if not user_ids:
         return {}
-    rows = db.session.execute(
-        select(GroupMember.user_id, Group.id, Group.display_name)
-        .join(Group, Group.id == GroupMember.group_id)
-        .where(Group.account_id == account_id, GroupMember.user_id.in_(user_ids))
-        .order_by(Group.display_name)
-    )
     found: dict[uuid.UUID, list[tuple]] = {}
-    for user_id, group_id, display_name in rows:
-        found.setdefault(user_id, []).append((group_id, display_name))
+    for start in range(0, len(user_ids), 500):
+        rows = _connection().execute(
+            _GROUPS_OF, {"account_id": account_id, "user_ids": user_ids[start : start + 500]}
+        )
+        for user_id, group_id, display_name in rows:
+            found.setdefault(user_id, []).append((group_id, display_name))
     return found
 
 
-def user_document(user: User, membership: Membership) -> dict[str, Any]:
+def user_document(user: UserRow, membership: MembershipRow) -> dict[str, Any]:
     """The user's writable attributes as a document (canonical names, no id/meta/groups)."""
     doc: dict[str, Any] = copy.deepcopy(user.scim_attributes or {})
     doc["userName"] = user.scim_user_name
@@ -1150,13 +1565,15 @@ def user_document(user: User, membership: Membership) -> dict[str, Any]:
 
 def user_resource(
     caller: Caller,
-    user: User,
-    membership: Membership,
+    user: UserRow,
+    membership: MembershipRow,
     *,
     groups: list[tuple] | None = None,
     projection: Projection | None = None,
 ) -> dict[str, Any]:
-    """The User resource (RFC 7643 §4.1) as the caller's account sees it."""
+    """The User resource (RFC 7643 §4.1) as the caller's account sees it. ``groups``: the
+    account's groups the user is in, when known (else those loaded with the user, else they
+    are read)."""
     projection = projection or Projection()
     doc = _strip_empty(user_document(user, membership))
     resource: dict[str, Any] = {"schemas": [schema.USER_SCHEMA], "id": str(user.id)}
@@ -1171,6 +1588,8 @@ def user_resource(
     if schema.ENTERPRISE_SCHEMA in doc:
         resource[schema.ENTERPRISE_SCHEMA] = doc[schema.ENTERPRISE_SCHEMA]
     if projection.wants("groups"):
+        if groups is None:
+            groups = user.groups
         if groups is None:
             groups = _groups_of(caller.account_id, [user.id]).get(user.id, [])
         if groups:
@@ -1201,48 +1620,64 @@ def _timestamp(value: datetime | None) -> str | None:
 
 def list_users(caller: Caller, query: ListQuery, limits: Limits) -> dict[str, Any]:
     """A ListResponse of the account's users matching the filter (RFC 7644 §3.4.2)."""
-    base = _visible_users(caller.account_id)
+    projection = Projection.of(schema.USER_TYPE, query)
+    params: dict[str, Any] = {"account_id": caller.account_id}
     fast = _fast_user_filter(query.filter) if query.filter and not query.sort_by else None
     if fast is not None:
-        base = base.where(fast)
+        # Prebuilt: the look-up IdPs send before every write.
+        base = fast[0]
+        params["value"] = fast[1]
+        page = base
     else:
+        base = _VISIBLE_USERS
         attributes = _user_attributes(literal(caller.account_id))
         if query.filter:
             base = base.where(_filter_clause(schema.USER_TYPE, query.filter, attributes))
-    order = [User.created_at, User.id]
-    if query.sort_by:
-        column = _sort_column(schema.USER_TYPE, query.sort_by, attributes)
-        order = [column.desc() if query.sort_order == "descending" else column.asc(), User.id]
-    projection = Projection.of(schema.USER_TYPE, query)
+        order = list(_LIST_ORDER)
+        if query.sort_by:
+            column = _sort_column(schema.USER_TYPE, query.sort_by, attributes)
+            order = [
+                column.desc() if query.sort_order == "descending" else column.asc(),
+                _users.c.id,
+            ]
+        page = base.order_by(*order).limit(bindparam("limit")).offset(bindparam("offset"))
 
     def render(rows: list) -> list[dict[str, Any]]:
+        found = [_user_from(row, caller.account_id) for row in rows]
         groups = (
-            _groups_of(caller.account_id, [row[0].id for row in rows])
+            _groups_of(caller.account_id, [user.id for user in found])
             if projection.wants("groups")
             else {}
         )
         return [
             user_resource(
-                caller, user, membership, groups=groups.get(user.id, []), projection=projection
+                caller,
+                user,
+                user.membership,  # type: ignore[arg-type]
+                groups=groups.get(user.id, []),
+                projection=projection,
             )
-            for user, membership in rows
+            for user in found
         ]
 
-    return _list_response(base, order, query, limits, render)
+    return _list_response(base, page, params, query, limits, render)
 
 
-def _list_response(base, order, query: ListQuery, limits: Limits, render) -> dict[str, Any]:
+def _list_response(base, page, params, query: ListQuery, limits: Limits, render) -> dict[str, Any]:
+    """``page``: ``base`` ordered, with bound ``limit`` and ``offset``."""
     count = limits.max_results if query.count is None else min(query.count, limits.max_results)
     rows = []
+    connection = _connection()
     if count > 0:
-        rows = list(
-            db.session.execute(base.order_by(*order).offset(query.start_index - 1).limit(count))
-        )
+        rows = connection.execute(
+            page, {**params, "limit": count, "offset": query.start_index - 1}
+        ).all()
     if query.start_index == 1 and len(rows) < count:
         # The whole result is on this page (Entra's look-ups: zero or one user): no COUNT.
         total = len(rows)
     else:
-        total = db.session.scalar(base.with_only_columns(func.count()).order_by(None))
+        counting = base.with_only_columns(func.count()).order_by(None).limit(None).offset(None)
+        total = connection.execute(counting, params).scalar()
     resources = render(rows)
     return {
         "schemas": [schema.LIST_RESPONSE],
@@ -1262,40 +1697,51 @@ class _UserChanges:
     activated: bool | None = None
 
 
-def _derived_email(user: User, doc: dict[str, Any]) -> str:
-    """User.email from the SCIM values: the primary email, else a work email, else the first,
-    else the userName when it is an address; one that belongs to another user is skipped
-    (sign-in links by verified email, so an IdP must not claim someone else's address), and
-    with none left the user gets a placeholder address that can never be a real one."""
+def _email_candidates(doc: dict[str, Any]) -> Iterator[str]:
+    """The addresses User.email may be, best first, normalised, each once."""
     emails = [e for e in doc.get("emails") or [] if isinstance(e, dict) and e.get("value")]
     ordered = (
         [e for e in emails if e.get("primary") is True]
         + [e for e in emails if str(e.get("type", "")).lower() == "work"]
         + emails
     )
-    candidates = [e["value"] for e in ordered] + [doc.get("userName") or ""]
+    # Each spelling once (the same address is often the primary, the work one and the
+    # userName): normalising it is the expensive part.
+    candidates = dict.fromkeys(str(e["value"]) for e in ordered)
+    candidates[str(doc.get("userName") or "")] = None
     seen = set()
     for candidate in candidates:
         try:
-            address = users_service.normalise_email(str(candidate))
+            address = users_service.normalise_email(candidate)
         except ValidationError:
             continue
-        if address in seen:
-            continue
-        seen.add(address)
+        if address not in seen:
+            seen.add(address)
+            yield address
+
+
+def _derived_email(user: UserRow, doc: dict[str, Any]) -> str:
+    """User.email from the SCIM values: the primary email, else a work email, else the first,
+    else the userName when it is an address; one that belongs to another user is skipped
+    (sign-in links by verified email, so an IdP must not claim someone else's address), and
+    with none left the user gets a placeholder address that can never be a real one."""
+    for address in _email_candidates(doc):
         if address == user.email:
             return address
-        taken = db.session.scalar(
-            select(User.id).where(User.email == address, User.id != user.id).limit(1)
-        )
+        taken = user.checked.get(("email", address))
         if taken is None:
+            taken = (
+                _connection().execute(_EMAIL_TAKEN, {"email": address, "user_id": user.id}).first()
+                is not None
+            )
+        if not taken:
             return address
     if user.email and user.email.endswith("@" + PLACEHOLDER_EMAIL_DOMAIN):
         return user.email
     return f"{user.id.hex}@{PLACEHOLDER_EMAIL_DOMAIN}"
 
 
-def _check_user_name(caller: Caller, user: User, user_name: Any) -> tuple[str, str]:
+def _check_user_name(caller: Caller, user: UserRow, user_name: Any) -> tuple[str, str]:
     if not isinstance(user_name, str) or not user_name.strip():
         raise invalid_value("userName is required")
     user_name = user_name.strip()
@@ -1303,16 +1749,14 @@ def _check_user_name(caller: Caller, user: User, user_name: Any) -> tuple[str, s
         raise invalid_value(f"userName must be at most {MAX_USER_NAME_LENGTH} characters")
     key = user_name.lower()
     if key != user.user_name_key:
-        taken = db.session.scalar(
-            select(User.id).where(User.user_name_key == key, User.id != user.id).limit(1)
-        )
+        taken = _connection().execute(_NAME_KEY_TAKEN, {"key": key, "user_id": user.id}).first()
         if taken is not None:
             # Whoever holds it, in this account or not: the answer says nothing more.
             raise ScimError(409, "userName is already taken", "uniqueness")
     return user_name, key
 
 
-def _check_external_id(caller: Caller, user: User, external_id: Any) -> str | None:
+def _check_external_id(caller: Caller, user: UserRow, external_id: Any) -> str | None:
     if external_id is None:
         return None
     if len(external_id) > MAX_EXTERNAL_ID_LENGTH:
@@ -1320,17 +1764,22 @@ def _check_external_id(caller: Caller, user: User, external_id: Any) -> str | No
     if external_id != user.external_id:
         # Sign-in matches members by externalId (DESIGN sign-in rule 1): two members of one
         # account sharing one could sign one in as the other.
-        clash = db.session.scalar(
-            select(User.id)
-            .join(Membership, Membership.user_id == User.id)
-            .where(
-                Membership.account_id == caller.account_id,
-                User.external_id == external_id,
-                User.id != user.id,
+        clash = user.checked.get(("externalId", external_id))
+        if clash is None:
+            clash = (
+                _connection()
+                .execute(
+                    _EXTERNAL_ID_CLASH,
+                    {
+                        "account_id": caller.account_id,
+                        "external_id": external_id,
+                        "user_id": user.id,
+                    },
+                )
+                .first()
+                is not None
             )
-            .limit(1)
-        )
-        if clash is not None:
+        if clash:
             raise ScimError(409, "externalId is already used in this account", "uniqueness")
     return external_id
 
@@ -1351,8 +1800,8 @@ ACTIVE_UNASSIGNED = "_activeUnassigned"
 
 def _apply_user_document(
     caller: Caller,
-    user: User,
-    membership: Membership,
+    user: UserRow,
+    membership: MembershipRow,
     doc: dict[str, Any],
     *,
     managed: bool,
@@ -1412,7 +1861,7 @@ def _apply_user_document(
 
 
 def _set_active(
-    caller: Caller, user: User, membership: Membership, active: bool, *, managed: bool
+    caller: Caller, user: UserRow, membership: MembershipRow, active: bool, *, managed: bool
 ) -> None:
     """SCIM's active: the membership's flag; for a managed user also the user's own, and
     deactivating one ends every session at once (services.users)."""
@@ -1447,7 +1896,7 @@ def _set_active(
     )
 
 
-def create_user(caller: Caller, body: Any) -> tuple[User, Membership]:
+def create_user(caller: Caller, body: Any) -> tuple[UserRow, MembershipRow]:
     """POST /Users: a new user managed by the caller's account, a member of it.
 
     409 uniqueness when the userName belongs to any other user (in this account or not: the
@@ -1457,30 +1906,67 @@ def create_user(caller: Caller, body: Any) -> tuple[User, Membership]:
     user_name = doc.get("userName")
     if not isinstance(user_name, str) or not user_name.strip():
         raise invalid_value("userName is required")
-    existing = db.session.scalar(
-        select(User).where(User.user_name_key == user_name.strip().lower())
+    key = user_name.strip().lower()
+    # The userName, and the externalId and email address the new user would get, checked
+    # in one statement (each a query of its own otherwise).
+    external_id = doc.get("externalId")
+    email = next(_email_candidates(doc), None)
+    checks = (
+        _connection()
+        .execute(
+            _CREATE_CHECKS,
+            {
+                "key": key,
+                "account_id": caller.account_id,
+                "external_id": external_id,
+                "email": email,
+            },
+        )
+        .one()
     )
+    existing = None
+    if checks.name_taken:
+        existing = _connection().execute(_USER_BY_NAME_KEY, {"key": key}).first()
     revived = False
     if existing is not None:
-        member = db.session.scalar(
-            select(Membership.id).where(Membership.user_id == existing.id).limit(1)
-        )
-        if existing.managed_by_account_id != caller.account_id or member is not None:
+        user = UserRow(dict(zip(_USER_KEYS, existing[: len(_USER_KEYS)], strict=True)))
+        if user.managed_by_account_id != caller.account_id or existing.has_membership:
             raise ScimError(409, "userName is already taken", "uniqueness")
         # Deleted by this account's SCIM earlier: a fresh start for the same userName.
-        user, revived = existing, True
+        revived = True
         user.password_hash = None
         user.password_changed_at = None
         user.scim_attributes = None
         user.external_id = None
         user.given_name = user.family_name = None
     else:
-        user = User(id=uuid.uuid4(), email="", active=True, version=1)
-        # No user has this key (just checked): _check_user_name need not look again.
-        user.user_name_key = user_name.strip().lower()
-        user.managed_by_account_id = caller.account_id
-    membership = Membership(user=user, account_id=caller.account_id, role=Role.MEMBER.value)
-    membership.active = True
+        values = dict.fromkeys(_USER_KEYS)
+        values.update(
+            id=uuid.uuid4(),
+            email="",
+            active=True,
+            version=1,
+            # No user has this key (just checked): _check_user_name need not look again.
+            user_name_key=key,
+            managed_by_account_id=caller.account_id,
+        )
+        user = UserRow(values, loaded=False)
+        # For a new id, "another user" is any user.
+        if isinstance(external_id, str):
+            user.checked["externalId", external_id] = checks.external_id_used
+        if email is not None:
+            user.checked["email", email] = checks.email_taken
+    membership = MembershipRow(
+        {
+            "user_id": user.id,
+            "account_id": caller.account_id,
+            "role": Role.MEMBER.value,
+            "active": True,
+            "created_at": utcnow(),
+        },
+        loaded=False,
+    )
+    user.membership = membership
     active = doc.get("active", True)
     doc["active"] = True
     user.active = True
@@ -1491,11 +1977,7 @@ def create_user(caller: Caller, body: Any) -> tuple[User, Membership]:
     else:
         user.version, user.created_at = 1, now
     user.updated_at = now
-    if not revived:
-        db.session.add(user)
-    db.session.add(membership)
-    db.session.flush()
-    caller.record(
+    event = (
         "scim.user.created",
         "user",
         user.id,
@@ -1503,15 +1985,22 @@ def create_user(caller: Caller, body: Any) -> tuple[User, Membership]:
         if revived
         else {"userName": user.user_name},
     )
+    if not revived and _on_postgresql():
+        _create_user_pg(user, caller.audit_row(*event))
+    else:
+        _save_user(user)
+        caller.record(*event)
     if active is False:
         _set_active(caller, user, membership, False, managed=True)
-        db.session.flush()
+        _save_user(user)
+    # A user just created is in no group.
+    user.groups = []
     return user, membership
 
 
 def replace_user(
     caller: Caller, resource_id: str, body: Any, *, if_match: str | None
-) -> tuple[User, Membership]:
+) -> tuple[UserRow, MembershipRow]:
     """PUT /Users/{id} (Okta's update): the document replaces every attribute."""
     user, membership = load_user(caller, resource_id)
     check_if_match(if_match, user.version or 1)
@@ -1523,7 +2012,7 @@ def replace_user(
 
 def patch_user(
     caller: Caller, resource_id: str, body: Any, *, if_match: str | None
-) -> tuple[User, Membership]:
+) -> tuple[UserRow, MembershipRow]:
     """PATCH /Users/{id}: add/replace/remove operations applied in order, atomically."""
     user, membership = load_user(caller, resource_id)
     operations = parse_patch(body)
@@ -1536,8 +2025,8 @@ def patch_user(
 
 
 def _write_user(
-    caller: Caller, user: User, membership: Membership, doc: dict[str, Any], how: str
-) -> tuple[User, Membership]:
+    caller: Caller, user: UserRow, membership: MembershipRow, doc: dict[str, Any], how: str
+) -> tuple[UserRow, MembershipRow]:
     managed = user.managed_by_account_id == caller.account_id
     changes = _apply_user_document(caller, user, membership, doc, managed=managed)
     attributes = [a for a in changes.attributes if a != "active"]
@@ -1549,18 +2038,21 @@ def _write_user(
             caller.record("scim.user.updated", "user", user.id, details)
     if changes.activated is not None:
         _set_active(caller, user, membership, changes.activated, managed=managed)
-    db.session.flush()
+    _save_user(user)
     return user, membership
 
 
 def delete_user(caller: Caller, resource_id: str, *, if_match: str | None) -> None:
     """DELETE /Users/{id}: deprovision (services.users.deprovision_user); afterwards the
     resource is 404 for this account. The user row and the audit trail stay."""
-    user, _membership = load_user(caller, resource_id)
-    check_if_match(if_match, user.version or 1)
-    managed = user.managed_by_account_id == caller.account_id
+    found, _membership = load_user(caller, resource_id, with_groups=False)
+    check_if_match(if_match, found.version or 1)
+    managed = found.managed_by_account_id == caller.account_id
+    # deprovision_user works on the ORM object (not a hot path); read afresh, in case this
+    # session (a Bulk request) holds an older copy.
+    user = db.session.get(User, found.id, populate_existing=True)
     users_service.deprovision_user(
-        user,
+        user,  # type: ignore[arg-type]
         caller.account_id,
         managed=managed,
         reason="scim_deleted",
@@ -1573,29 +2065,95 @@ def delete_user(caller: Caller, resource_id: str, *, if_match: str | None) -> No
 
 
 # --- Groups ---------------------------------------------------------------------------------
-def load_group(caller: Caller, resource_id: str) -> Group:
-    key = _parse_id(resource_id, "Group")
-    group = db.session.scalar(
-        select(Group).where(Group.id == key, Group.account_id == caller.account_id)
+_GROUP_COLUMNS = tuple(_groups.c[key] for key in _GROUP_KEYS)
+_VISIBLE_GROUPS = select(*_GROUP_COLUMNS).where(_groups.c.account_id == bindparam("account_id"))
+_GROUP_BY_ID = _VISIBLE_GROUPS.where(_groups.c.id == bindparam("group_id"))
+_INSERT_GROUP = insert(_groups)
+_UPDATE_GROUP = update(_groups).where(_groups.c.id == bindparam("_id"))
+_DELETE_GROUP = delete(_groups).where(_groups.c.id == bindparam("group_id"))
+_MEMBER_ORDER = (_group_members.c.created_at, _group_members.c.user_id)
+_MEMBER_IDS = (
+    select(_group_members.c.user_id)
+    .where(_group_members.c.group_id == bindparam("group_id"))
+    .order_by(*_MEMBER_ORDER)
+)
+_MEMBERS_OF_GROUPS = (
+    select(_group_members.c.group_id, _group_members.c.user_id)
+    .where(_group_members.c.group_id.in_(bindparam("group_ids", expanding=True)))
+    .order_by(*_MEMBER_ORDER)
+)
+_PRESENT_MEMBERS = select(_group_members.c.user_id).where(
+    _group_members.c.group_id == bindparam("group_id"),
+    _group_members.c.user_id.in_(bindparam("user_ids", expanding=True)),
+)
+_ACCOUNT_MEMBERS = select(_memberships.c.user_id).where(
+    _memberships.c.account_id == bindparam("account_id"),
+    _memberships.c.user_id.in_(bindparam("user_ids", expanding=True)),
+)
+# Both in one round trip (kind 1: in the group, kind 2: a member of the account).
+_MEMBER_STATE = union_all(
+    select(literal_column("1").label("kind"), _group_members.c.user_id).where(
+        _group_members.c.group_id == bindparam("group_id"),
+        _group_members.c.user_id.in_(bindparam("touched", expanding=True)),
+    ),
+    select(literal_column("2").label("kind"), _memberships.c.user_id).where(
+        _memberships.c.account_id == bindparam("account_id"),
+        _memberships.c.user_id.in_(bindparam("adding", expanding=True)),
+    ),
+)
+
+
+# At most this many members go in one IN list (every database's parameter limit allows it).
+_STATE_CHUNK = 500
+_STATE = _MEMBER_STATE.subquery("member_state")
+_GROUP_WITH_MEMBER_STATE = (
+    select(*_GROUP_COLUMNS, _STATE.c.kind, _STATE.c.user_id)
+    .select_from(_groups.outerjoin(_STATE, true()))
+    .where(
+        _groups.c.id == bindparam("group_id"),
+        _groups.c.account_id == bindparam("account_id"),
     )
-    if group is None:
+)
+
+
+def _group_from(row: Any) -> GroupRow:
+    return GroupRow(dict(zip(_GROUP_KEYS, row, strict=True)))
+
+
+def _save_group(group: GroupRow) -> None:
+    """INSERT a new group, or UPDATE what changed of it."""
+    if group.is_new:
+        _connection().execute(_INSERT_GROUP, {key: group.__dict__[key] for key in _GROUP_KEYS})
+        group.written()
+        return
+    changes = group.changes()
+    if changes:
+        if "updated_at" not in changes:
+            # The column's onupdate, as the ORM applies it.
+            changes["updated_at"] = group.updated_at = utcnow()
+        _connection().execute(_UPDATE_GROUP, {**changes, "_id": group.id})
+        group.written(changes)
+
+
+def load_group(caller: Caller, resource_id: str) -> GroupRow:
+    key = _parse_id(resource_id, "Group")
+    row = (
+        _connection()
+        .execute(_GROUP_BY_ID, {"account_id": caller.account_id, "group_id": key})
+        .first()
+    )
+    if row is None:
         raise not_found("Group", resource_id)
-    return group
+    return _group_from(row)
 
 
 def _member_ids(group_id: uuid.UUID) -> list[uuid.UUID]:
-    return list(
-        db.session.scalars(
-            select(GroupMember.user_id)
-            .where(GroupMember.group_id == group_id)
-            .order_by(GroupMember.created_at, GroupMember.user_id)
-        )
-    )
+    return list(_connection().execute(_MEMBER_IDS, {"group_id": group_id}).scalars())
 
 
 def group_resource(
     caller: Caller,
-    group: Group,
+    group: GroupRow,
     *,
     members: list[uuid.UUID] | None = None,
     projection: Projection | None = None,
@@ -1630,30 +2188,32 @@ def group_resource(
 
 def list_groups(caller: Caller, query: ListQuery, limits: Limits) -> dict[str, Any]:
     attributes = _group_attributes()
-    base = select(Group).where(Group.account_id == caller.account_id)
+    base = _VISIBLE_GROUPS
     if query.filter:
         base = base.where(_filter_clause(schema.GROUP_TYPE, query.filter, attributes))
-    order = [Group.created_at, Group.id]
+    order = [_groups.c.created_at, _groups.c.id]
     if query.sort_by:
         column = _sort_column(schema.GROUP_TYPE, query.sort_by, attributes)
-        order = [column.desc() if query.sort_order == "descending" else column.asc(), Group.id]
+        order = [
+            column.desc() if query.sort_order == "descending" else column.asc(),
+            _groups.c.id,
+        ]
+    page = base.order_by(*order).limit(bindparam("limit")).offset(bindparam("offset"))
     projection = Projection.of(schema.GROUP_TYPE, query)
 
     def render(rows: list) -> list[dict[str, Any]]:
-        groups = [row[0] for row in rows]
+        groups = [_group_from(row) for row in rows]
         members: dict[uuid.UUID, list[uuid.UUID]] = {g.id: [] for g in groups}
         if groups and projection.wants("members"):
-            for group_id, user_id in db.session.execute(
-                select(GroupMember.group_id, GroupMember.user_id)
-                .where(GroupMember.group_id.in_(list(members)))
-                .order_by(GroupMember.created_at, GroupMember.user_id)
+            for group_id, user_id in _connection().execute(
+                _MEMBERS_OF_GROUPS, {"group_ids": list(members)}
             ):
                 members[group_id].append(user_id)
         return [
             group_resource(caller, g, members=members[g.id], projection=projection) for g in groups
         ]
 
-    return _list_response(base, order, query, limits, render)
+    return _list_response(base, page, {"account_id": caller.account_id}, query, limits, render)
 
 
 def _group_fields(doc: dict[str, Any]) -> tuple[str, str | None]:
@@ -1690,28 +2250,35 @@ def _check_members(caller: Caller, ids: Iterable[uuid.UUID]) -> None:
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
         found.update(
-            db.session.scalars(
-                select(Membership.user_id).where(
-                    Membership.account_id == caller.account_id,
-                    Membership.user_id.in_(chunk),
-                )
-            )
+            _connection()
+            .execute(_ACCOUNT_MEMBERS, {"account_id": caller.account_id, "user_ids": chunk})
+            .scalars()
         )
+    _refuse_missing(wanted, found)
+
+
+def _refuse_missing(wanted: list[uuid.UUID], found: set[uuid.UUID]) -> None:
     missing = [uid for uid in wanted if uid not in found]
     if missing:
         # Another account's user reads exactly like a missing one.
         raise invalid_value(f"members: no user {missing[0]} in this account")
 
 
-_INSERT_MEMBER = insert(GroupMember.__table__)
-_DELETE_MEMBER = delete(GroupMember.__table__).where(
-    GroupMember.__table__.c.group_id == bindparam("g"),
-    GroupMember.__table__.c.user_id == bindparam("u"),
+_INSERT_MEMBER = insert(_group_members)
+_DELETE_MEMBER = delete(_group_members).where(
+    _group_members.c.group_id == bindparam("g"),
+    _group_members.c.user_id == bindparam("u"),
+)
+_DELETE_MEMBERS = delete(_group_members).where(_group_members.c.group_id == bindparam("g"))
+_BUMP_USERS = (
+    update(_users)
+    .where(_users.c.id.in_(bindparam("user_ids", expanding=True)))
+    .values(version=_users.c.version + 1, updated_at=bindparam("now"))
 )
 
 
 def _write_members(
-    group: Group, old: list[uuid.UUID], new: list[uuid.UUID], *, complete: bool = True
+    group: GroupRow, old: list[uuid.UUID], new: list[uuid.UUID], *, complete: bool = True
 ) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
     """Set-based: one executemany INSERT for the added members, one for the removed ones, and
     one UPDATE bumping the version of every user whose ``groups`` changed. ``complete``:
@@ -1720,7 +2287,7 @@ def _write_members(
     old_set, new_set = set(old), set(new)
     added = [uid for uid in new if uid not in old_set]
     removed = [uid for uid in old if uid not in new_set]
-    connection = db.session.connection()
+    connection = _connection()
     now = utcnow()
     if added:
         connection.execute(
@@ -1728,34 +2295,35 @@ def _write_members(
         )
     if removed:
         if complete and not new:
-            connection.execute(delete(GroupMember).where(GroupMember.group_id == group.id))
+            connection.execute(_DELETE_MEMBERS, {"g": group.id})
         else:
             connection.execute(_DELETE_MEMBER, [{"g": group.id, "u": u} for u in removed])
     changed = added + removed
     # The users' "groups" attribute changed: their ETags must too.
     for start in range(0, len(changed), 500):
-        connection.execute(
-            update(User.__table__)
-            .where(User.__table__.c.id.in_(changed[start : start + 500]))
-            .values(version=User.__table__.c.version + 1, updated_at=now)
-        )
+        connection.execute(_BUMP_USERS, {"user_ids": changed[start : start + 500], "now": now})
     return added, removed
 
 
-def create_group(caller: Caller, body: Any) -> Group:
+def create_group(caller: Caller, body: Any) -> GroupRow:
     doc = canonical_document(schema.GROUP_TYPE, body)
     display_name, external_id = _group_fields(doc)
     members = _wanted_members(caller, doc)
     _check_members(caller, members)
-    group = Group(
-        id=uuid.uuid4(),
-        account_id=caller.account_id,
-        display_name=display_name,
-        external_id=external_id,
-        version=1,
+    group = GroupRow(
+        {
+            "id": uuid.uuid4(),
+            "account_id": caller.account_id,
+            "display_name": display_name,
+            "external_id": external_id,
+            "version": 1,
+            # The columns' defaults, one call each as the ORM makes them.
+            "created_at": utcnow(),
+            "updated_at": utcnow(),
+        },
+        loaded=False,
     )
-    db.session.add(group)
-    db.session.flush()
+    _save_group(group)
     _write_members(group, [], members)
     caller.record(
         "scim.group.created",
@@ -1766,20 +2334,36 @@ def create_group(caller: Caller, body: Any) -> Group:
     return group
 
 
-def replace_group(caller: Caller, resource_id: str, body: Any, *, if_match: str | None) -> Group:
+def replace_group(caller: Caller, resource_id: str, body: Any, *, if_match: str | None) -> GroupRow:
     group = load_group(caller, resource_id)
     check_if_match(if_match, group.version or 1)
     doc = canonical_document(schema.GROUP_TYPE, body)
     return _write_group(caller, group, doc, _member_ids(group.id), "replace")
 
 
-def patch_group(caller: Caller, resource_id: str, body: Any, *, if_match: str | None) -> Group:
+def patch_group(caller: Caller, resource_id: str, body: Any, *, if_match: str | None) -> GroupRow:
     """PATCH /Groups/{id}. Members are applied as sets: a thousand added in one request is
-    one INSERT (Entra ID sends membership changes in batches)."""
+    one INSERT (Entra ID sends membership changes in batches).
+
+    The body is read before the group, so that a members-only change reads the group and
+    the state of those members in one statement; errors still come in the order of the
+    checks: the group (404), the body (400), If-Match (412), then the members (400)."""
+    try:
+        operations = parse_patch(body)
+    except ScimError:
+        load_group(caller, resource_id)
+        raise
+    try:
+        delta = _member_delta(operations)
+    except ScimError:
+        check_if_match(if_match, load_group(caller, resource_id).version or 1)
+        raise
+    if delta is not None and len(delta[0]) + len(delta[1]) <= _STATE_CHUNK:
+        group, state = _load_group_with_member_state(caller, resource_id, *delta)
+        check_if_match(if_match, group.version or 1)
+        return _apply_member_delta(caller, group, *delta, state=state)
     group = load_group(caller, resource_id)
-    operations = parse_patch(body)
     check_if_match(if_match, group.version or 1)
-    delta = _member_delta(operations)
     if delta is not None:
         return _apply_member_delta(caller, group, *delta)
     old = _member_ids(group.id)
@@ -1837,45 +2421,128 @@ def _member_delta(operations: list[_Operation]) -> tuple[list[uuid.UUID], list[u
 _MEMBERS = schema.GROUP.attribute("members")
 
 
-def _apply_member_delta(
-    caller: Caller, group: Group, adding: list[uuid.UUID], removing: list[uuid.UUID]
-) -> Group:
-    present: set[uuid.UUID] = set()
-    for start in range(0, len(adding) + len(removing), 500):
-        chunk = (adding + removing)[start : start + 500]
-        present.update(
-            db.session.scalars(
-                select(GroupMember.user_id).where(
-                    GroupMember.group_id == group.id, GroupMember.user_id.in_(chunk)
-                )
-            )
+def _load_group_with_member_state(
+    caller: Caller, resource_id: str, adding: list[uuid.UUID], removing: list[uuid.UUID]
+) -> tuple[GroupRow, tuple[set[uuid.UUID], set[uuid.UUID]]]:
+    """The group (404 otherwise) and, of the members a PATCH adds or removes, those in the
+    group already and those the account has: one statement."""
+    key = _parse_id(resource_id, "Group")
+    rows = (
+        _connection()
+        .execute(
+            _GROUP_WITH_MEMBER_STATE,
+            {
+                "group_id": key,
+                "account_id": caller.account_id,
+                "touched": adding + removing,
+                "adding": adding,
+            },
         )
-    new = [uid for uid in adding if uid not in present]
+        .all()
+    )
+    if not rows:
+        raise not_found("Group", resource_id)
+    count = len(_GROUP_KEYS)
+    group = GroupRow(dict(zip(_GROUP_KEYS, rows[0][:count], strict=True)))
+    present: set[uuid.UUID] = set()
+    in_account: set[uuid.UUID] = set()
+    for row in rows:
+        if row.kind is not None:
+            (present if row.kind == 1 else in_account).add(row.user_id)
+    return group, (present, in_account)
+
+
+def _apply_member_delta(
+    caller: Caller,
+    group: GroupRow,
+    adding: list[uuid.UUID],
+    removing: list[uuid.UUID],
+    *,
+    state: tuple[set[uuid.UUID], set[uuid.UUID]] | None = None,
+) -> GroupRow:
+    """``state``: (in the group, in the account) of the touched members, when read."""
+    touched = adding + removing
+    present: set[uuid.UUID] = set()
+    if state is None and len(touched) <= _STATE_CHUNK:
+        state = set(), set()
+        for kind, user_id in _connection().execute(
+            _MEMBER_STATE,
+            {
+                "group_id": group.id,
+                "touched": touched,
+                "account_id": caller.account_id,
+                "adding": adding,
+            },
+        ):
+            state[0 if kind == 1 else 1].add(user_id)
+    if state is not None:
+        present, in_account = state
+        new = [uid for uid in adding if uid not in present]
+        _refuse_missing(new, in_account)
+    else:
+        for start in range(0, len(touched), 500):
+            present.update(
+                _connection()
+                .execute(
+                    _PRESENT_MEMBERS,
+                    {"group_id": group.id, "user_ids": touched[start : start + 500]},
+                )
+                .scalars()
+            )
+        new = [uid for uid in adding if uid not in present]
+        _check_members(caller, new)
     gone = [uid for uid in removing if uid in present]
-    _check_members(caller, new)
+    if (new or gone) and len(new) + len(gone) <= _STATE_CHUNK and _on_postgresql():
+        _change_members_pg(caller, group, new, gone)
+        return group
     # _write_members computes the change from (old, new): give it just the touched ids.
     added, removed = _write_members(group, gone, new, complete=False)
     if added or removed:
         group.version = (group.version or 1) + 1
         group.updated_at = utcnow()
-        caller.record(
-            "scim.group.updated",
-            "group",
-            group.id,
-            {
-                "attributes": ["members"],
-                "via": "patch",
-                "added": len(added),
-                "removed": len(removed),
-            },
-        )
-    db.session.flush()
+        caller.record("scim.group.updated", "group", group.id, _members_changed(added, removed))
+    _save_group(group)
     return group
 
 
+def _members_changed(added: list[uuid.UUID], removed: list[uuid.UUID]) -> dict[str, Any]:
+    return {
+        "attributes": ["members"],
+        "via": "patch",
+        "added": len(added),
+        "removed": len(removed),
+    }
+
+
+def _change_members_pg(
+    caller: Caller, group: GroupRow, added: list[uuid.UUID], removed: list[uuid.UUID]
+) -> None:
+    """_write_members, the audit event and the group's new version in one statement."""
+    now = utcnow()
+    group.version = (group.version or 1) + 1
+    group.updated_at = utcnow()
+    event = caller.audit_row(
+        "scim.group.updated", "group", group.id, _members_changed(added, removed)
+    )
+    _connection().execute(
+        _CHANGE_MEMBERS_PG,
+        {
+            "g_id": group.id,
+            "g_version": group.version,
+            "g_updated_at": group.updated_at,
+            "added": added,
+            "removed": removed,
+            "changed": added + removed,
+            "added_at": now,
+            **_prefixed(event, "a_"),
+        },
+    )
+    group.written()
+
+
 def _write_group(
-    caller: Caller, group: Group, doc: dict[str, Any], old: list[uuid.UUID], how: str
-) -> Group:
+    caller: Caller, group: GroupRow, doc: dict[str, Any], old: list[uuid.UUID], how: str
+) -> GroupRow:
     display_name, external_id = _group_fields(doc)
     members = _wanted_members(caller, doc)
     old_set = set(old)
@@ -1898,7 +2565,7 @@ def _write_group(
             group.id,
             {"attributes": changed, "via": how, "added": len(added), "removed": len(removed)},
         )
-    db.session.flush()
+    _save_group(group)
     return group
 
 
@@ -1913,8 +2580,7 @@ def delete_group(caller: Caller, resource_id: str, *, if_match: str | None) -> N
         group.id,
         {"displayName": group.display_name, "members": len(members)},
     )
-    db.session.delete(group)
-    db.session.flush()
+    _connection().execute(_DELETE_GROUP, {"group_id": group.id})
 
 
 # --- search across resource types (RFC 7644 §3.4.3) ----------------------------------------------
