@@ -165,6 +165,27 @@ class BaseConfig:
         #: worker with ``-Q`` on it, e.g. to keep refreshes apart from bulk jobs).
         self.METADATA_REFRESH_QUEUE = environ.get("METADATA_REFRESH_QUEUE") or "celery"
 
+        #: Bulk deprovisioning jobs: items a worker claims and processes in one transaction
+        #: (bench/deprovision.py: 1,000 costs ~10% of the throughput of 2,000 in per-chunk
+        #: overhead; larger chunks make the progress bar move in bigger steps).
+        self.JOBS_CHUNK_SIZE = _int(environ, "JOBS_CHUNK_SIZE", 2000)
+        #: Seconds a worker's claim on a chunk lasts; a killed worker's chunk is claimed
+        #: again by another worker after this (keep it well above a chunk's duration).
+        self.JOBS_CLAIM_LEASE_SECONDS = _int(environ, "JOBS_CLAIM_LEASE_SECONDS", 120)
+        #: Runs queued per job, for that many worker processes to share it (each claims
+        #: other chunks; a surplus run finds nothing left and ends). Two: the database does
+        #: most of the work, and two connections keep it busy on two cores.
+        self.JOBS_PARALLEL_RUNS = _int(environ, "JOBS_PARALLEL_RUNS", 2)
+        #: Seconds between two beat sweeps that restart jobs whose worker died.
+        self.JOBS_RECLAIM_BEAT_SECONDS = _int(environ, "JOBS_RECLAIM_BEAT_SECONDS", 60)
+        #: Most rows of a deprovisioning CSV (emails or externalIds).
+        self.JOBS_CSV_MAX_ROWS = _int(environ, "JOBS_CSV_MAX_ROWS", 100_000)
+        #: Celery queue of the job tasks; the default queue unless set.
+        self.JOBS_QUEUE = environ.get("JOBS_QUEUE") or "celery"
+        #: Tests and demos only: milliseconds a worker waits after claiming each chunk, so a
+        #: job's progress can be watched (0 in production).
+        self.JOBS_CHUNK_DELAY_MS = _int(environ, "JOBS_CHUNK_DELAY_MS", 0)
+
         #: Requests one SCIM token may make (``limits`` syntax); more answer 429.
         self.SCIM_RATE_LIMIT = environ.get("SCIM_RATE_LIMIT") or "100/second"
         #: Most resources one SCIM list or search returns (``count`` is capped to it).
@@ -205,8 +226,11 @@ class BaseConfig:
             "accept_content": ["json"],
             "task_ignore_result": False,
             "broker_connection_retry_on_startup": True,
-            "imports": ("app.tasks.maintenance", "app.tasks.metadata"),
-            "task_routes": {"metadata.*": {"queue": self.METADATA_REFRESH_QUEUE}},
+            "imports": ("app.tasks.maintenance", "app.tasks.metadata", "app.tasks.deprovisioning"),
+            "task_routes": {
+                "metadata.*": {"queue": self.METADATA_REFRESH_QUEUE},
+                "jobs.*": {"queue": self.JOBS_QUEUE},
+            },
             "beat_schedule": {
                 "purge-expired-sessions": {
                     "task": "maintenance.purge_expired_sessions",
@@ -224,6 +248,11 @@ class BaseConfig:
                 "refresh-provider-metadata": {
                     "task": "metadata.refresh_due_providers",
                     "schedule": float(self.METADATA_REFRESH_BEAT_SECONDS),
+                },
+                # Restarts bulk jobs whose worker died (their claims' leases ran out).
+                "reclaim-stalled-jobs": {
+                    "task": "jobs.reclaim_expired",
+                    "schedule": float(self.JOBS_RECLAIM_BEAT_SECONDS),
                 },
             },
         }

@@ -5,6 +5,10 @@ from app.models.account import Membership
 from app.models.account import Role
 from app.models.audit import AuditEvent
 from app.models.external_login import ExternalLogin
+from app.models.job import ItemState
+from app.models.job import Job
+from app.models.job import JobItem
+from app.models.job import JobStatus
 from app.models.provider import Protocol
 from app.models.provider import ProviderCertificate
 from app.models.provider import ProviderMetadata
@@ -26,6 +30,10 @@ __all__ = [
     "ExternalLogin",
     "Group",
     "GroupMember",
+    "ItemState",
+    "Job",
+    "JobItem",
+    "JobStatus",
     "Membership",
     "Protocol",
     "ProviderCertificate",
