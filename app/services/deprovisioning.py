@@ -752,7 +752,7 @@ def process_chunk(claim: Claim, *, now: datetime | None = None) -> ChunkResult:
         )
     ).one()
     account_id = job.account_id
-    if _dialect() == "postgresql" and not __import__("os").environ.get("SPLIT"):
+    if _dialect() == "postgresql":
         counts = _process_in_one_statement(claim, job, now)
         result.done = counts.get(ItemState.DONE.value, 0)
         result.skipped = counts.get(ItemState.SKIPPED.value, 0)
