@@ -597,9 +597,9 @@ def record(args, result: dict) -> None:
     if BEGIN_MARK in text and END_MARK in text:
         head, rest = text.split(BEGIN_MARK, 1)
         block, tail = rest.split(END_MARK, 1)
-        history = block.split(title, 1)[1] if title in block else ""
-        history = history.rstrip() + "\n" + row + "\n"
-        text = head + BEGIN_MARK + f"\n{latest}\n{title}\n{history}" + END_MARK + tail
+        history = block.split(title, 1)[1].strip() if title in block else ""
+        history = history + "\n" + row + "\n"
+        text = head + BEGIN_MARK + f"\n{latest}\n{title}\n\n{history}" + END_MARK + tail
     else:
         table = (
             "| date | N | chunk | worker processes | job users/s (end to end) | job users/s (run) "

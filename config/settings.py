@@ -182,6 +182,11 @@ class BaseConfig:
         self.JOBS_CSV_MAX_ROWS = _int(environ, "JOBS_CSV_MAX_ROWS", 100_000)
         #: Celery queue of the job tasks; the default queue unless set.
         self.JOBS_QUEUE = environ.get("JOBS_QUEUE") or "celery"
+        #: Claim each chunk in a transaction of its own first, with a lease of
+        #: JOBS_CLAIM_LEASE_SECONDS, then process it (items show as "claimed" meanwhile). Off:
+        #: a chunk is claimed and processed in one transaction, so a killed worker's chunk is
+        #: simply still queued (no lease to wait for) and each item is written once.
+        self.JOBS_LEASED_CLAIMS = _bool(environ, "JOBS_LEASED_CLAIMS", False)
         #: Tests and demos only: milliseconds a worker waits after claiming each chunk, so a
         #: job's progress can be watched (0 in production).
         self.JOBS_CHUNK_DELAY_MS = _int(environ, "JOBS_CHUNK_DELAY_MS", 0)

@@ -1,8 +1,11 @@
 """Bulk deprovisioning jobs: plan (preview) a job, create it with its items, claim and process
 chunks of items with set-based SQL, cancel, retry, and report progress.
 
-The JobItem rows are the truth (STYLE "Tasks"). An item moves queued -> claimed -> done,
-failed or skipped, and a chunk goes through two transactions:
+The JobItem rows are the truth (STYLE "Tasks"). An item moves queued -> done, failed or
+skipped. By default (``claim_and_process``) a chunk is claimed and processed in one
+transaction: if it never commits, its items are simply still queued. With leased claims
+(JOBS_LEASED_CLAIMS, and the fallback that splits a failing chunk) an item moves queued ->
+claimed -> done, failed or skipped, and a chunk goes through two transactions:
 
 1. ``claim_chunk``: one UPDATE marks up to N queued items (or items whose claim lease has
    expired: their worker died) as claimed by this worker, with a fresh random claim token.
@@ -583,17 +586,18 @@ def claim_chunk(
     worker: str,
     *,
     size: int,
-    lease_seconds: float,
+    lease_seconds: float | None,
     now: datetime | None = None,
 ) -> Claim | None:
     """Claim up to ``size`` items of the job: queued ones, or claimed ones whose lease (claimed
     at + ``lease_seconds``) has expired because their worker died (an item on its
-    MAX_ATTEMPTS-th expired claim fails instead). The caller commits at once so other workers
+    MAX_ATTEMPTS-th expired claim fails instead). With ``lease_seconds`` None only queued
+    items are taken (claim_and_process on SQLite). The caller commits at once so other workers
     see the claim. None when nothing is left to claim (or another worker took it first)."""
     now = now or utcnow()
     _relax_commit()
     token = secrets.token_hex(16)
-    expired = now - timedelta(seconds=lease_seconds)
+    expired = now - timedelta(seconds=lease_seconds if lease_seconds is not None else 0)
     # Expired claims first (a dead worker's chunk), then queued items, each in id order: both
     # are short scans of the (job_id, state, id) index, whatever the statistics say.
     found: list[int] = []
@@ -605,7 +609,7 @@ def claim_chunk(
     queued_items = select(_items.c.id, _items.c.attempt).where(
         _items.c.job_id == job_id, _items.c.state == ItemState.QUEUED.value
     )
-    for query in (expired_items, queued_items):
+    for query in (expired_items, queued_items) if lease_seconds is not None else (queued_items,):
         query = query.order_by(_items.c.id).limit(size - len(found))
         if _dialect() == "postgresql":
             # Rows another worker is claiming right now are skipped, not waited for; the
@@ -624,15 +628,15 @@ def claim_chunk(
     # again that each row is still claimable: PostgreSQL holds the rows locked since the
     # SELECT, but on SQLite another process may have claimed some in between (it takes the
     # write lock only with this UPDATE); those are simply not ours.
+    claimable = _items.c.state == ItemState.QUEUED.value
+    if lease_seconds is not None:
+        claimable = or_(
+            claimable,
+            and_(_items.c.state == ItemState.CLAIMED.value, _items.c.claimed_at < expired),
+        )
     statement = (
         update(_items)
-        .where(
-            _in(_items.c.id, found),
-            or_(
-                _items.c.state == ItemState.QUEUED.value,
-                and_(_items.c.state == ItemState.CLAIMED.value, _items.c.claimed_at < expired),
-            ),
-        )
+        .where(_in(_items.c.id, found), claimable)
         .values(
             state=ItemState.CLAIMED.value,
             claimed_by=worker[:200],
@@ -704,10 +708,11 @@ def _claimed_by(claim: Claim, ids: Sequence[int] | None = None) -> ColumnElement
     )
 
 
-def _finish_items(claim: Claim, account_id: int, now: datetime):
-    """The UPDATE that marks the items still claimed with the claim's token done (or skipped
-    when their user is no longer a member), locking them until commit, returning (item id,
-    user id, state, outcome) of each. The outcome says which semantics apply to the user."""
+def _finish_items(which: ColumnElement[bool], account_id: int, now: datetime, **claim_values):
+    """The UPDATE that marks the items ``which`` selects done (or skipped when their user is
+    no longer a member), locking them until commit, returning (item id, user id, state,
+    outcome) of each. The outcome says which semantics apply to the user. ``claim_values``
+    are more columns to set (claim_and_process claims and finishes in this one UPDATE)."""
     member = exists(
         select(literal(1)).where(
             _memberships.c.user_id == _items.c.user_id,
@@ -721,8 +726,9 @@ def _finish_items(claim: Claim, account_id: int, now: datetime):
     )
     return (
         update(_items)
-        .where(_claimed_by(claim))
+        .where(which)
         .values(
+            **claim_values,
             state=case((member, ItemState.DONE.value), else_=ItemState.SKIPPED.value),
             outcome=case(
                 (~member, OUTCOME_NOT_MEMBER), (managed, OUTCOME_MANAGED), else_=OUTCOME_MEMBER
@@ -746,20 +752,17 @@ def process_chunk(claim: Claim, *, now: datetime | None = None) -> ChunkResult:
     now = now or utcnow()
     _relax_commit()
     result = ChunkResult()
-    job = db.session.execute(
-        select(_jobs.c.account_id, _jobs.c.created_by_id, _jobs.c.created_by_label).where(
-            _jobs.c.id == claim.job_id
-        )
-    ).one()
+    job = _job_row(claim.job_id)
     account_id = job.account_id
     if _dialect() == "postgresql":
-        counts = _process_in_one_statement(claim, job, now)
+        finished = _finish_items(_claimed_by(claim), account_id, now).cte("finished")
+        counts = _process_in_one_statement(finished, claim.job_id, job, now)
         result.done = counts.get(ItemState.DONE.value, 0)
         result.skipped = counts.get(ItemState.SKIPPED.value, 0)
         return result
     # Being the chunk's first statement, this UPDATE also takes SQLite's write lock before
     # anything is read.
-    rows = db.session.execute(_finish_items(claim, account_id, now)).all()
+    rows = db.session.execute(_finish_items(_claimed_by(claim), account_id, now)).all()
     if not rows:
         return result
     managed_users = [row.user_id for row in rows if row.outcome == OUTCOME_MANAGED]
@@ -803,17 +806,18 @@ def process_chunk(claim: Claim, *, now: datetime | None = None) -> ChunkResult:
     return result
 
 
-def _process_in_one_statement(claim: Claim, job: Any, now: datetime) -> dict[str, int]:
+def _process_in_one_statement(
+    finished: Any, job_id: uuid.UUID, job: Any, now: datetime
+) -> dict[str, int]:
     """PostgreSQL: the whole chunk as one statement of data-modifying CTEs (the same steps as
     process_chunk's, in the same transaction), so the users' ids never travel to Python and
-    back: one round trip and one array parameter per chunk instead of a dozen. Every CTE
-    sees the snapshot from before the statement, and each table is changed by one of them
-    only. Returns the items finished, counted per state."""
+    back: one round trip and one array parameter per chunk instead of a dozen. ``finished``
+    is the CTE of _finish_items. Every CTE sees the snapshot from before the statement, and
+    each table is changed by one of them only. Returns the items finished, counted per state."""
     account_id = job.account_id
-    finished = _finish_items(claim, account_id, now).cte("finished")
     managed = finished.c.outcome == OUTCOME_MANAGED
     done = finished.c.state == ItemState.DONE.value
-    details = {"job_id": str(claim.job_id), "reason": "job"}
+    details = {"job_id": str(job_id), "reason": "job"}
     audit_rows = select(
         literal(now, UTCDateTime),
         literal(ITEM_ACTION),
@@ -861,7 +865,7 @@ def _process_in_one_statement(claim: Claim, job: Any, now: datetime) -> dict[str
             ),
         ),
         update(_jobs)
-        .where(_jobs.c.id == claim.job_id)
+        .where(_jobs.c.id == job_id)
         .values(
             done=_jobs.c.done + select(func.count()).where(done).scalar_subquery(),
             skipped=_jobs.c.skipped + select(func.count()).where(~done).scalar_subquery(),
@@ -874,6 +878,59 @@ def _process_in_one_statement(claim: Claim, job: Any, now: datetime) -> dict[str
         .add_cte(*(step.cte(f"step_{n}") for n, step in enumerate(steps)))
     )
     return dict(db.session.execute(statement).all())
+
+
+def claim_and_process(
+    job_id: uuid.UUID, worker: str, *, size: int, now: datetime | None = None
+) -> ChunkResult | None:
+    """Claim up to ``size`` queued items of the job and process them in the same transaction
+    (the caller commits once, or rolls back). None when no queued item is left to take.
+
+    The chunk commits whole or not at all: if its transaction never commits (a database
+    error, a worker killed mid-chunk) its items are still queued, for any worker to take, so
+    no lease is needed and each item row is written once instead of twice (claim, then
+    finish). On PostgreSQL the whole chunk is one statement whose claim is a ``SELECT ...
+    FOR UPDATE SKIP LOCKED`` CTE: concurrent workers take different items, and an item being
+    processed stays locked (cancel waits for it). On SQLite it is claim_chunk and
+    process_chunk in one transaction under the single write lock. Claims whose lease expired
+    (JOBS_LEASED_CLAIMS, or a chunk that failed here and was split) are claim_chunk's."""
+    now = now or utcnow()
+    if _dialect() != "postgresql":
+        claim = claim_chunk(job_id, worker, size=size, lease_seconds=None, now=now)
+        return process_chunk(claim, now=now) if claim is not None else None
+    _relax_commit()
+    job = _job_row(job_id)
+    picked = (
+        select(_items.c.id)
+        .where(_items.c.job_id == job_id, _items.c.state == ItemState.QUEUED.value)
+        .order_by(_items.c.id)
+        .limit(size)
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+    )
+    finished = _finish_items(
+        _items.c.id == picked.c.id,
+        job.account_id,
+        now,
+        claimed_by=worker[:200],
+        claim_token=secrets.token_hex(16),
+        claimed_at=now,
+        attempt=_items.c.attempt + 1,
+    ).cte("finished")
+    counts = _process_in_one_statement(finished, job_id, job, now)
+    if not counts:
+        return None
+    return ChunkResult(
+        done=counts.get(ItemState.DONE.value, 0), skipped=counts.get(ItemState.SKIPPED.value, 0)
+    )
+
+
+def _job_row(job_id: uuid.UUID) -> Any:
+    return db.session.execute(
+        select(_jobs.c.account_id, _jobs.c.created_by_id, _jobs.c.created_by_label).where(
+            _jobs.c.id == job_id
+        )
+    ).one()
 
 
 _AUDIT_COLUMNS = (

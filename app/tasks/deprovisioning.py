@@ -42,10 +42,36 @@ def _settings() -> tuple[int, float, float]:
     )
 
 
+def _claim_and_process(key: uuid.UUID, worker: str, size: int, delay: float) -> int | None:
+    """One chunk claimed and processed in one transaction; the items processed, or None when
+    no queued item is left or the chunk failed (the caller then takes the leased path, which
+    splits a failing chunk until its failing users fail alone)."""
+    # Tests and demos (JOBS_CHUNK_DELAY_MS): on PostgreSQL the chunk waits uncommitted, so a
+    # worker can be killed in the middle of one (its items are then still queued for the
+    # next worker). SQLite waits after the commit: its one write lock, held through the
+    # pause, would shut out every other writer (a cancel among them).
+    pause_inside = db.session.get_bind().dialect.name == "postgresql"
+    try:
+        result = deprovisioning.claim_and_process(key, worker, size=size)
+        if result is not None and delay and pause_inside:
+            time.sleep(delay)
+        db.session.commit()
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            raise
+        log.warning("job %s: a chunk failed (%s); splitting it", key, _reason(exc))
+        return None
+    if result is not None and delay and not pause_inside:
+        time.sleep(delay)
+    return result.processed if result is not None else None
+
+
 @shared_task(name="jobs.run")
 def run(job_id: str) -> dict[str, Any]:
-    """Work on a job until nothing is left: claim a chunk (committed at once), process it in
-    one transaction (services.deprovisioning), repeat; then close the job. Returns a summary.
+    """Work on a job until nothing is left: claim a chunk and process it in one transaction
+    (services.deprovisioning.claim_and_process; with JOBS_LEASED_CLAIMS the claim is committed
+    first, with a lease), repeat; then close the job. Returns a summary.
 
     Several runs of one job (on one or many workers) share the work: each claims different
     items. When only items held by other workers are left, it waits for them, or for their
@@ -61,7 +87,16 @@ def run(job_id: str) -> dict[str, Any]:
         return {"job_id": job_id, "chunks": 0, "status": "not runnable"}
     db.session.commit()
     chunks = processed = 0
+    leased = current_app.config["JOBS_LEASED_CLAIMS"]
     while True:
+        if not leased:
+            done = _claim_and_process(key, worker, size, delay)
+            if done is not None:
+                processed += done
+                chunks += 1
+                continue
+        # Leased claims: the configured way, a failed chunk to split, and claims whose lease
+        # expired (a killed worker's, with JOBS_LEASED_CLAIMS).
         claim = deprovisioning.claim_chunk(key, worker, size=size, lease_seconds=lease)
         db.session.commit()
         if claim is None:

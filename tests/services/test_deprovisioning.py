@@ -4,6 +4,8 @@ cancel, retry and progress. Tasks run eagerly here; tests/tasks runs them in wor
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import timedelta
 from types import SimpleNamespace
@@ -387,6 +389,78 @@ def test_an_item_whose_user_left_the_account_is_skipped(app, world):
 
 
 # --- claims, leases, exactly once ------------------------------------------------------------
+def test_claim_and_process_takes_queued_items_only_and_finishes_them_at_once(app, world):
+    job_id = _start(app, world.acme.id, dp.filter_criteria('userName sw "dep-"'))
+    with app.app_context():
+        leased = dp.claim_chunk(job_id, "worker-a", size=2, lease_seconds=LEASE)
+        db.session.commit()
+        result = dp.claim_and_process(job_id, "worker-c", size=10)
+        db.session.commit()
+        assert (result.done, result.skipped, result.failed) == (3, 0, 0)
+        items = db.session.scalars(select(JobItem).order_by(JobItem.id)).all()
+        # The leased claim is claim_chunk's to reclaim once it expires; it is left alone.
+        assert [(i.state, i.claimed_by, i.attempt) for i in items if i.id in leased.item_ids] == [
+            ("claimed", "worker-a", 1)
+        ] * 2
+        taken = [i for i in items if i.id not in leased.item_ids]
+        assert [(i.state, i.claimed_by, i.attempt) for i in taken] == [("done", "worker-c", 1)] * 3
+        assert all(i.finished_at is not None for i in taken)
+        assert dp.claim_and_process(job_id, "worker-c", size=10) is None
+        db.session.rollback()
+    state = job_state(app, job_id)
+    assert (state["done"], state["items"]["claimed"]) == (3, 2)
+    assert set(item_audit_counts(app, job_id).values()) == {1}
+
+
+def test_a_chunk_that_never_commits_leaves_no_trace(app, world):
+    job_id = _start(app, world.acme.id, dp.filter_criteria('userName sw "dep-managed"'))
+    with app.app_context():
+        assert dp.claim_and_process(job_id, "worker-a", size=10).done == 3
+        db.session.rollback()  # the worker died, or the database refused the chunk
+        items = db.session.scalars(select(JobItem)).all()
+        assert [(i.state, i.attempt, i.claimed_by) for i in items] == [("queued", 0, None)] * 3
+        assert _count(User, User.id.in_(world.managed), User.active.is_(True)) == 3
+        assert _count(Session, Session.user_id.in_(world.managed), Session.revoked_at.is_(None))
+        assert _count(Membership, Membership.user_id.in_(world.managed)) == 6
+    assert item_audit_counts(app, job_id) == {}
+    assert job_state(app, job_id)["done"] == 0
+    # The next worker takes the same items, as a first attempt.
+    with app.app_context():
+        assert dp.claim_and_process(job_id, "worker-b", size=10).done == 3
+        db.session.commit()
+        assert {i.attempt for i in db.session.scalars(select(JobItem))} == {1}
+
+
+def test_a_chunk_in_progress_is_invisible_to_others_and_on_postgresql_skipped(app, make_app, world):
+    job_id = _start(app, world.acme.id, dp.filter_criteria('userName sw "dep-"'))
+    other = make_app()
+    taken: list = []
+
+    def second_worker() -> None:
+        with other.app_context():
+            taken.append(dp.claim_and_process(job_id, "worker-b", size=10))
+            db.session.commit()
+
+    with app.app_context():
+        assert dp.claim_and_process(job_id, "worker-a", size=2).done == 2
+        postgresql = db.engine.dialect.name == "postgresql"
+        # Another connection sees nothing of the open chunk: all five still queued.
+        assert job_state(other, job_id)["items"] == {"queued": 5}
+        if postgresql:
+            # ...and its own chunk takes the other three items (it waits only for the job
+            # row's counters, at its very end, until this chunk commits).
+            thread = threading.Thread(target=second_worker)
+            thread.start()
+            time.sleep(0.3)
+        db.session.commit()
+    if postgresql:
+        thread.join(timeout=30)
+        assert taken and taken[0].done == 3
+    state = job_state(app, job_id)
+    assert state["done"] == (5 if postgresql else 2)
+    assert set(item_audit_counts(app, job_id).values()) == {1}
+
+
 def test_workers_claim_different_items_and_a_lease_expires(app, world):
     job_id = _start(app, world.acme.id, dp.filter_criteria('userName sw "dep-"'))
     with app.app_context():

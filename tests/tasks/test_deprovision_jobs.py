@@ -3,7 +3,8 @@ eager tasks (and plain Python processes where a test needs a process to kill) wi
 
 The same tests run in both passes, never skipped: a 10,000-user job; a worker killed with
 SIGKILL mid-job whose job finishes on a second worker with every user processed exactly
-once; cancel; failed items and their retry; the task entry points and beat's sweep.
+once (inside a chunk's transaction, and holding a leased claim); cancel; failed items and
+their retry; the task entry points and beat's sweep.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ RESULT_TIMEOUT = 60
 LEASE = "2"
 SLOW = {"JOBS_CHUNK_SIZE": "200", "JOBS_CHUNK_DELAY_MS": "250", "JOBS_CLAIM_LEASE_SECONDS": LEASE}
 FAST = {"JOBS_CHUNK_SIZE": "200", "JOBS_CHUNK_DELAY_MS": "0", "JOBS_CLAIM_LEASE_SECONDS": LEASE}
+LEASED = {"JOBS_LEASED_CLAIMS": "true"}
 
 
 @pytest.fixture
@@ -111,9 +113,68 @@ def test_a_ten_thousand_user_job_completes_with_every_item_recorded(app, make_ac
     _assert_each_user_processed_once(app, job_id, user_ids)
 
 
-def test_a_killed_worker_s_job_finishes_on_another_worker_exactly_once(
+def _restart_on(second, jobs_app) -> None:
+    """Start the second worker and beat's sweep, as often as beat would run it with this
+    short lease, until it has restarted the stalled job there."""
+    if TEST_REDIS_URL:
+        second.start_worker()
+        deadline = time.monotonic() + 30
+        with jobs_app.app_context():
+            while not job_tasks.reclaim_expired():
+                assert time.monotonic() < deadline, "the stalled job was never restarted"
+                time.sleep(0.2)
+    else:
+        second.start_runner("sweep")
+
+
+def test_a_worker_killed_mid_chunk_loses_nothing_and_the_job_finishes_exactly_once(
     app, make_app, make_account, job_processes
 ):
+    """The default: each chunk is claimed and processed in one transaction. A worker killed
+    while a chunk's transaction is open (on PostgreSQL the chunk delay waits inside it)
+    leaves those items queued, with no trace of the attempt; the next worker takes them."""
+    account = make_account()
+    user_ids = add_members(app, account.id, 3000, prefix="cut")
+    jobs_app = make_app(JOBS_QUEUE=job_processes.queue, JOBS_PARALLEL_RUNS="1", **FAST)
+    job_id = _create_job(jobs_app, account.id, 'userName sw "cut-"')
+
+    first = job_processes("first", SLOW)
+    if TEST_REDIS_URL:
+        first.start_worker()
+        with jobs_app.app_context():
+            job_tasks.start(job_id)
+    else:
+        first.start_runner("run", str(job_id))
+    wait_for_job(app, job_id, timeout=60, until=lambda s: s["done"] >= 600)
+    first.kill()
+    killed_at = job_state(app, job_id)
+    assert killed_at["status"] == "running"
+    # Nothing is ever seen claimed: a chunk's claim commits with its results.
+    assert set(killed_at["items"]) <= {"queued", "done"}
+    assert killed_at["done"] < 3000
+
+    second = job_processes("second", FAST)
+    _restart_on(second, jobs_app)
+    state = wait_for_job(app, job_id, timeout=120)
+
+    assert (state["status"], state["done"], state["failed"]) == ("succeeded", 3000, 0)
+    assert state["items"] == {"done": 3000}
+    _assert_each_user_processed_once(app, job_id, user_ids)
+    with app.app_context():
+        items = list(db.session.scalars(select(JobItem).where(JobItem.job_id == job_id)))
+    # The killed chunk's attempt left nothing behind: every item was taken once.
+    assert {item.attempt for item in items} == {1}
+    by_worker = {item.claimed_by for item in items}
+    assert by_worker == {first.worker_name, second.worker_name}
+    done_by_first = sum(item.claimed_by == first.worker_name for item in items)
+    assert done_by_first == killed_at["done"]
+
+
+def test_a_worker_killed_holding_a_leased_claim_is_replaced_exactly_once(
+    app, make_app, make_account, job_processes
+):
+    """JOBS_LEASED_CLAIMS: the claim commits first, with a lease; a killed worker's claim is
+    taken again once the lease has run out."""
     account = make_account()
     user_ids = add_members(app, account.id, 3000, prefix="kill")
     # The app that sends the job's tasks to this test's queue (the last app made is the
@@ -122,7 +183,7 @@ def test_a_killed_worker_s_job_finishes_on_another_worker_exactly_once(
     jobs_app = make_app(JOBS_QUEUE=job_processes.queue, JOBS_PARALLEL_RUNS="1", **FAST)
     job_id = _create_job(jobs_app, account.id, 'userName sw "kill-"')
 
-    first = job_processes("first", SLOW)
+    first = job_processes("first", {**SLOW, **LEASED})
     if TEST_REDIS_URL:
         first.start_worker()
         with jobs_app.app_context():
@@ -142,18 +203,8 @@ def test_a_killed_worker_s_job_finishes_on_another_worker_exactly_once(
     assert set(held.values()) == {first.worker_name}
     assert job_state(app, job_id)["status"] == "running"
 
-    second = job_processes("second", FAST)
-    if TEST_REDIS_URL:
-        second.start_worker()
-        # beat's sweep, as often as beat would run it with this short lease, until it has
-        # restarted the job on the second worker.
-        deadline = time.monotonic() + 30
-        with jobs_app.app_context():
-            while not job_tasks.reclaim_expired():
-                assert time.monotonic() < deadline, "the stalled job was never restarted"
-                time.sleep(0.2)
-    else:
-        second.start_runner("sweep")
+    second = job_processes("second", {**FAST, **LEASED})
+    _restart_on(second, jobs_app)
     state = wait_for_job(app, job_id, timeout=120)
 
     assert (state["status"], state["done"], state["failed"]) == ("succeeded", 3000, 0)
