@@ -1031,12 +1031,28 @@ def _first_use(kind: str, provider: SsoProvider, message_id: str, expires_at: da
         ttl = max(1.0, (expires_at - now).total_seconds())
         return get_cache().add(f"saml:seen:{digest}", 1, ttl)
     global _next_purge
-    if time.monotonic() >= _next_purge:
+    purge = time.monotonic() >= _next_purge
+    if purge:
         # Expired IDs can never be replayed (the assertion is refused as expired first), so
         # they are dropped now and then rather than at every sign-in.
         _next_purge = time.monotonic() + REPLAY_PURGE_INTERVAL
+    dialect = db.session.get_bind().dialect.name
+    insert = _INSERT_IF_NEW.get(dialect)
+    if dialect == "sqlite" and not _sqlite_writing():
+        # SQLite has one write lock per database, taken by a transaction's first write and
+        # held until its commit: in the sign-in's transaction this row made every other
+        # sign-in wait through the whole rest of this one (the sign-in rules, the session).
+        # So it commits at once, in a transaction of its own, as Redis's SET NX does: the
+        # first use wins even if the sign-in then fails, and the assertion cannot be used
+        # again either way. (Not when the caller's transaction has written already: it
+        # holds the lock, which a second connection would wait for in vain.)
+        with db.engine.begin() as connection:
+            if purge:
+                connection.execute(delete(_ASSERTION_IDS).where(_ASSERTION_IDS.c.expires_at < now))
+            result = connection.execute(insert, {"digest": digest, "expires_at": expires_at})
+            return result.first() is not None
+    if purge:
         db.session.execute(delete(SamlAssertionId).where(SamlAssertionId.expires_at < now))
-    insert = _INSERT_IF_NEW.get(db.session.get_bind().dialect.name)
     if insert is not None:
         # One statement, no savepoint: the unique index decides, also against a concurrent
         # transaction (PostgreSQL waits for it, then does nothing), and 0 rows is a replay.
@@ -1054,6 +1070,11 @@ def _first_use(kind: str, provider: SsoProvider, message_id: str, expires_at: da
     return True
 
 
+def _sqlite_writing() -> bool:
+    """True when the session's SQLite transaction has begun writing (holds the write lock)."""
+    return bool(db.session.connection().connection.driver_connection.in_transaction)
+
+
 def _insert_if_new(insert: Any) -> Any:
     return (
         insert(SamlAssertionId.__table__)
@@ -1064,6 +1085,8 @@ def _insert_if_new(insert: Any) -> Any:
         .returning(SamlAssertionId.__table__.c.id)
     )
 
+
+_ASSERTION_IDS = SamlAssertionId.__table__
 
 # INSERT ... ON CONFLICT DO NOTHING of the replay cache row, by database dialect.
 _INSERT_IF_NEW = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import secrets
+import time
 import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -543,6 +544,47 @@ def test_database_replay_cache_forgets_expired_ids(make_app, core, monkeypatch):
         assert "0" * 64 not in hashes
         assert len(hashes) == 1
         db.session.rollback()
+
+
+def test_database_replay_cache_on_sqlite_commits_at_once_on_postgresql_with_the_sign_in(
+    make_app, core
+):
+    # SQLite's one write lock would otherwise be held from this row to the sign-in's commit,
+    # making every concurrent sign-in wait; PostgreSQL locks only the row.
+    app = make_app(REDIS_URL="")
+    with app.app_context():
+        provider = _make_provider(core)
+        db.session.commit()  # the caller's transaction has written nothing yet
+        request, form = _sign_in(core, provider)
+        saml.complete_sign_in(provider, form, expected_request_ids=[request.request_id])
+        sqlite = db.engine.dialect.name == "sqlite"
+        db.session.rollback()  # the sign-in failed after the checks
+
+        rows = db.session.scalar(select(func.count()).select_from(SamlAssertionId))
+        assert rows == (1 if sqlite else 0)
+        if sqlite:
+            # Used is used: the same answer is refused even though its sign-in never committed.
+            _refused(provider, form, [request.request_id], "replay")
+        else:
+            saml.complete_sign_in(provider, form, expected_request_ids=[request.request_id])
+            db.session.commit()
+            _refused(provider, form, [request.request_id], "replay")
+
+
+def test_database_replay_cache_joins_a_sqlite_transaction_that_already_writes(make_app, core):
+    # A second connection would wait for the caller's own write lock: the row goes into the
+    # caller's transaction instead, and leaves with its rollback.
+    app = make_app(REDIS_URL="")
+    with app.app_context():
+        provider = _make_provider(core)
+        db.session.flush()  # the caller's transaction writes (on SQLite: holds the lock)
+        request, form = _sign_in(core, provider)
+        started = time.monotonic()
+        saml.complete_sign_in(provider, form, expected_request_ids=[request.request_id])
+        assert time.monotonic() - started < 5  # no wait for a lock that never comes free
+        assert db.session.scalar(select(func.count()).select_from(SamlAssertionId)) == 1
+        db.session.rollback()
+        assert db.session.scalar(select(func.count()).select_from(SamlAssertionId)) == 0
 
 
 # --- certificate rollover ------------------------------------------------------------------
