@@ -113,9 +113,21 @@ def test_a_ten_thousand_user_job_completes_with_every_item_recorded(app, make_ac
     _assert_each_user_processed_once(app, job_id, user_ids)
 
 
-def _restart_on(second, jobs_app) -> None:
-    """Start the second worker and beat's sweep, as often as beat would run it with this
-    short lease, until it has restarted the stalled job there."""
+def _run_job_on(process, jobs_app, job_id: uuid.UUID) -> None:
+    """Start the job on this process: a Celery worker and the job's queued runs with Redis,
+    else the run itself in a plain Python process."""
+    if TEST_REDIS_URL:
+        process.start_worker()
+        with jobs_app.app_context():
+            job_tasks.start(job_id)
+    else:
+        process.start_runner("run", str(job_id))
+
+
+def _finish_on(second, jobs_app, app, job_id: uuid.UUID, user_ids: list[uuid.UUID]) -> None:
+    """Start the second worker and beat's sweep (as often as beat would run it with this
+    short lease) until the stalled job restarts there; the job must then succeed with every
+    user processed exactly once."""
     if TEST_REDIS_URL:
         second.start_worker()
         deadline = time.monotonic() + 30
@@ -125,6 +137,10 @@ def _restart_on(second, jobs_app) -> None:
                 time.sleep(0.2)
     else:
         second.start_runner("sweep")
+    state = wait_for_job(app, job_id, timeout=120)
+    assert (state["status"], state["done"], state["failed"]) == ("succeeded", 3000, 0)
+    assert state["items"] == {"done": 3000}
+    _assert_each_user_processed_once(app, job_id, user_ids)
 
 
 def test_a_worker_killed_mid_chunk_loses_nothing_and_the_job_finishes_exactly_once(
@@ -139,12 +155,7 @@ def test_a_worker_killed_mid_chunk_loses_nothing_and_the_job_finishes_exactly_on
     job_id = _create_job(jobs_app, account.id, 'userName sw "cut-"')
 
     first = job_processes("first", SLOW)
-    if TEST_REDIS_URL:
-        first.start_worker()
-        with jobs_app.app_context():
-            job_tasks.start(job_id)
-    else:
-        first.start_runner("run", str(job_id))
+    _run_job_on(first, jobs_app, job_id)
     wait_for_job(app, job_id, timeout=60, until=lambda s: s["done"] >= 600)
     first.kill()
     killed_at = job_state(app, job_id)
@@ -154,12 +165,7 @@ def test_a_worker_killed_mid_chunk_loses_nothing_and_the_job_finishes_exactly_on
     assert killed_at["done"] < 3000
 
     second = job_processes("second", FAST)
-    _restart_on(second, jobs_app)
-    state = wait_for_job(app, job_id, timeout=120)
-
-    assert (state["status"], state["done"], state["failed"]) == ("succeeded", 3000, 0)
-    assert state["items"] == {"done": 3000}
-    _assert_each_user_processed_once(app, job_id, user_ids)
+    _finish_on(second, jobs_app, app, job_id, user_ids)
     with app.app_context():
         items = list(db.session.scalars(select(JobItem).where(JobItem.job_id == job_id)))
     # The killed chunk's attempt left nothing behind: every item was taken once.
@@ -184,12 +190,7 @@ def test_a_worker_killed_holding_a_leased_claim_is_replaced_exactly_once(
     job_id = _create_job(jobs_app, account.id, 'userName sw "kill-"')
 
     first = job_processes("first", {**SLOW, **LEASED})
-    if TEST_REDIS_URL:
-        first.start_worker()
-        with jobs_app.app_context():
-            job_tasks.start(job_id)
-    else:
-        first.start_runner("run", str(job_id))
+    _run_job_on(first, jobs_app, job_id)
     wait_for_job(
         app,
         job_id,
@@ -204,12 +205,7 @@ def test_a_worker_killed_holding_a_leased_claim_is_replaced_exactly_once(
     assert job_state(app, job_id)["status"] == "running"
 
     second = job_processes("second", {**FAST, **LEASED})
-    _restart_on(second, jobs_app)
-    state = wait_for_job(app, job_id, timeout=120)
-
-    assert (state["status"], state["done"], state["failed"]) == ("succeeded", 3000, 0)
-    assert state["items"] == {"done": 3000}
-    _assert_each_user_processed_once(app, job_id, user_ids)
+    _finish_on(second, jobs_app, app, job_id, user_ids)
     with app.app_context():
         items = {
             item.id: item
@@ -232,12 +228,7 @@ def test_cancel_stops_a_running_job(app, make_app, make_account, job_processes):
     jobs_app = make_app(JOBS_QUEUE=job_processes.queue, **SLOW)
     job_id = _create_job(jobs_app, account.id, 'userName sw "cancel-"')
     worker = job_processes("worker", SLOW)
-    if TEST_REDIS_URL:
-        worker.start_worker()
-        with jobs_app.app_context():
-            job_tasks.start(job_id)
-    else:
-        worker.start_runner("run", str(job_id))
+    _run_job_on(worker, jobs_app, job_id)
     wait_for_job(app, job_id, timeout=60, until=lambda s: s["done"] >= 400)
 
     with app.app_context():
