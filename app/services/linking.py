@@ -724,11 +724,9 @@ def list_external_logins(user: User) -> list[LinkedLogin]:
 def _available_query(user: User):
     # The accounts where the membership grants access (the same rule as role_in).
     member_of = [membership.account_id for membership in accounts.memberships_of(user)]
+    # Built-in providers (no account) for everyone; an account's only for its members.
     return select(SsoProvider).where(
-        # SAML sign-in is not available yet (issue 7), so neither is linking through it.
-        SsoProvider.protocol != "saml",
-        # Built-in providers (no account) for everyone; an account's only for its members.
-        or_(SsoProvider.account_id.is_(None), SsoProvider.account_id.in_(member_of)),
+        or_(SsoProvider.account_id.is_(None), SsoProvider.account_id.in_(member_of))
     )
 
 
@@ -749,7 +747,7 @@ def provider_for_link(user: User, provider_id: uuid.UUID | str) -> SsoProvider:
     """The provider ``provider_id`` if ``user`` may start linking it now (read-only).
 
     Raises NotFound for an unknown provider and for one the user may not see (another
-    account's, or SAML), so guessing GUIDs tells nothing; LinkRefused when it is disabled, the
+    account's), so guessing GUIDs tells nothing; LinkRefused when it is disabled, the
     user is deactivated or already has a login with it."""
     key = uuid_or_not_found(provider_id, "No such sign-in method.")
     provider = db.session.scalar(_available_query(user).where(SsoProvider.id == key))
@@ -771,7 +769,6 @@ def _own_logins_query(user: User):
         .where(
             ExternalLogin.user_id == user.id,
             SsoProvider.enabled.is_(True),
-            SsoProvider.protocol != "saml",
         )
     )
 
@@ -804,9 +801,7 @@ def needs_reauthentication(
 def _may_link(user: User, provider: SsoProvider) -> None:
     if not user.active:
         raise _link_refusal("user_inactive")
-    if provider.protocol == "saml" or (
-        provider.account_id is not None and not _is_member(provider, user)
-    ):
+    if provider.account_id is not None and not _is_member(provider, user):
         raise _link_refusal("not_available")
     if not provider.enabled:
         raise _link_refusal("provider_disabled")

@@ -27,11 +27,13 @@ from app.extensions import db
 from app.models import ExternalLogin
 from app.models import Membership
 from app.models import Session
+from app.models import SsoProvider
 from app.services import accounts
 from app.services import providers
 from app.services import saml
 from app.services import users
 from app.services.providers import ProviderFields
+from tests.conftest import DEFAULT_PASSWORD
 from tests.conftest import AuthActions
 from tests.conftest import base_config
 from tests.e2e.saml_idp import NS
@@ -48,6 +50,9 @@ from tests.e2e.saml_idp import shift_validity
 from tests.e2e.saml_idp import sign_in_with_http
 from tests.e2e.saml_idp import wrap_with_evil_assertion
 from tests.helpers import audit_events
+from tests.helpers import session_cookie
+from tests.helpers import session_row
+from tests.helpers import set_session_times
 
 PUBLIC_URL = "http://localhost"
 USERS = {
@@ -336,6 +341,125 @@ def test_disabled_provider_refuses_the_sso_link_and_the_acs(app, client, make_pr
 
 
 # --- IdP-initiated sign-in -----------------------------------------------------------------
+# --- linking from the profile ----------------------------------------------------------------
+EXTERNAL_LOGINS = "/account/external-logins"
+
+
+def press_link(client, provider_id) -> str:
+    response = AuthActions(client).post(f"{EXTERNAL_LOGINS}/{provider_id}/link")
+    assert response.status_code == 303, response.text
+    return response.headers["Location"]
+
+
+def saml_logins(app) -> list[tuple]:
+    with app.app_context():
+        rows = db.session.execute(
+            select(ExternalLogin.user_id, ExternalLogin.provider_id, ExternalLogin.subject)
+        )
+        return [tuple(row) for row in rows]
+
+
+def test_a_password_user_links_the_saml_provider_then_signs_in_through_it(
+    app, client, account, make_provider, make_user
+):
+    # The IdP's alice has another email than the Keyward user: only the link joins them.
+    user = make_user("alice@keyward.example", account_id=account.id)
+    provider_id = make_provider(jit_provisioning=False)
+    assert sign_in(app.test_client(), provider_id).status_code == 403  # nobody here yet
+
+    assert AuthActions(client).login(user.email).status_code == 303
+    before = session_cookie(client, app)
+    assert f'action="{EXTERNAL_LOGINS}/{provider_id}/link"' in client.get(EXTERNAL_LOGINS).text
+    response = post_acs(client, at_idp(press_link(client, provider_id)))
+
+    assert response.status_code == 303 and response.headers["Location"] == EXTERNAL_LOGINS
+    assert "Your Acme SAML login is linked." in client.get(EXTERNAL_LOGINS).text
+    assert session_cookie(client, app) == before  # a link signs nobody in
+    assert saml_logins(app) == [(user.id, provider_id, "alice-0001")]
+    [event] = audit_events(app, "auth.link.created")
+    assert event["details"]["subject"] == "alice-0001"
+
+    AuthActions(client).logout()
+    assert sign_in(client, provider_id).status_code == 303
+    me = whoami(client)
+    assert (me["id"], me["provider_id"], me["subject"]) == (
+        str(user.id),
+        str(provider_id),
+        "alice-0001",
+    )
+
+
+def test_an_old_session_confirms_through_its_saml_login_then_links_another(
+    app, client, account, make_provider, make_user
+):
+    carol = make_user("carol@keyward.example", None, account_id=account.id)  # no password
+    linked = make_provider(jit_provisioning=False)
+    second = make_provider("AcmeSamlTwo", display_name="Acme Two", jit_provisioning=False)
+    with app.app_context():
+        db.session.add(ExternalLogin(user_id=carol.id, provider_id=linked, subject="alice-0001"))
+        db.session.commit()
+    assert sign_in(client, linked).status_code == 303
+    set_session_times(
+        app,
+        session_cookie(client, app),
+        authenticated_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=30),
+    )
+
+    reauth = press_link(client, second)
+    assert urlsplit(reauth).path == f"{EXTERNAL_LOGINS}/{second}/reauthenticate"
+    assert "Confirm with Acme SAML" in client.get(reauth).text
+    response = AuthActions(client).post(f"{reauth}/{linked}", token_from=reauth)
+    assert response.status_code == 303
+    # The IdP confirms carol through the linked login: a new session, then the link request.
+    back = post_acs(client, at_idp(response.headers["Location"]))
+    assert back.status_code == 303 and back.headers["Location"].startswith(idp_sso_url(app))
+    done = post_acs(client, at_idp(back.headers["Location"]))
+
+    assert done.status_code == 303 and done.headers["Location"] == EXTERNAL_LOGINS
+    assert sorted(saml_logins(app), key=lambda row: row[1] == second) == [
+        (carol.id, linked, "alice-0001"),
+        (carol.id, second, "alice-0001"),
+    ]
+    assert whoami(client)["id"] == str(carol.id)
+    # The re-authentication is a SAML session: it keeps the NameID format for single logout.
+    current = session_row(app, session_cookie(client, app))
+    assert current.provider_id == linked
+    assert current.data["saml_nameid_format"] == saml.NAMEID_PERSISTENT
+    [event] = audit_events(app, "auth.link.created")
+    assert event["details"]["provider"] == str(second)
+
+
+def idp_sso_url(app) -> str:
+    with app.app_context():
+        sso = db.session.scalars(select(SsoProvider.saml_sso_url)).first()
+    return urlsplit(sso)._replace(query="").geturl()
+
+
+def test_a_saml_link_answer_after_another_sign_in_in_that_browser_links_nothing(
+    app, client, account, make_provider, make_user
+):
+    alice = make_user("alice@keyward.example", account_id=account.id)
+    bob = make_user("bob@keyward.example", account_id=account.id)
+    provider_id = make_provider(jit_provisioning=False)
+    AuthActions(client).login(alice.email)
+    answer = at_idp(press_link(client, provider_id))
+    # Bob signs in in the same browser before the answer comes back (the pending request
+    # travels with the session data): the flow was started by another user in another
+    # session record.
+    relogin = AuthActions(client).post("/login", {"email": bob.email, "password": DEFAULT_PASSWORD})
+    assert relogin.status_code == 303
+    assert whoami(client)["id"] == str(bob.id)
+
+    response = post_acs(client, answer)
+
+    assert response.status_code == 403, response.text
+    assert "Traceback" not in response.text
+    assert saml_logins(app) == []
+    assert whoami(client)["id"] == str(bob.id)
+    [event] = audit_events(app, "auth.link.refused")
+    assert event["details"]["reason"] == "user_changed"
+
+
 def _idp_initiated_form(idp: SamlIdp, scheme: str, relay_state: str | None = None):
     page = requests.get(
         idp.idp_initiated_url(sp_entity_id(scheme), "alice", relay_state), timeout=30

@@ -155,7 +155,6 @@ def test_builtin_providers_can_be_linked_by_anyone(app, make_user):
         ("inactive", "user_inactive", 403),
         ("disabled", "provider_disabled", 403),
         ("other_account", "not_available", 404),
-        ("saml", "not_available", 404),
     ],
 )
 def test_who_may_link_what(app, alice, acme, make_account, setup, reason, status):
@@ -164,8 +163,6 @@ def test_who_may_link_what(app, alice, acme, make_account, setup, reason, status
         fields["enabled"] = False
     elif setup == "other_account":
         fields["account_id"] = make_account("Globex").id
-    elif setup == "saml":
-        fields["protocol"] = "saml"
     provider_id = make_provider(app, "Idp", **fields)
     if setup == "inactive":
         with app.app_context():
@@ -251,9 +248,10 @@ def test_linkable_providers_and_provider_for_link(app, alice, acme, make_account
     add_link(app, alice.id, own, "s")
     with app.app_context():
         user = db.session.get(User, alice.id)
-        assert [p.id for p in linking.linkable_providers(user)] == [google, hidden]
+        assert [p.id for p in linking.linkable_providers(user)] == [google, hidden, saml]
         assert linking.provider_for_link(user, str(google)).id == google
-        for guid in (other, saml, uuid.uuid4(), "not-a-guid"):
+        assert linking.provider_for_link(user, str(saml)).id == saml
+        for guid in (other, uuid.uuid4(), "not-a-guid"):
             with pytest.raises(NotFound):
                 linking.provider_for_link(user, str(guid))
         with pytest.raises(LinkRefused, match="disabled"):

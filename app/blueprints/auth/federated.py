@@ -95,9 +95,6 @@ def _start_flow(
     extra: dict | None = None,
 ):
     if provider.protocol == "saml":
-        if intent in ACCOUNT_INTENTS:
-            # Linking from the profile is offered for OpenID Connect and OAuth 2.0 only.
-            return refusal_page(404, "There is no such sign-in provider.", "Unknown provider")
         return saml_flow.start(provider, next_url=next_url, intent=intent, extra=extra)
     try:
         auth_request = oidc.begin(provider, intent=intent, next_url=next_url)

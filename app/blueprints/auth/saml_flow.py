@@ -103,6 +103,7 @@ def start(
 
 def acs(provider: SsoProvider, scheme: str):
     """The assertion consumer service (POST /signin-<scheme>): verify, then sign in."""
+    from app.blueprints.auth.federated import ACCOUNT_INTENTS
     from app.blueprints.auth.federated import _relay_form_post
     from app.blueprints.auth.federated import _test_result
     from app.blueprints.auth.federated import refusal_page
@@ -142,6 +143,13 @@ def acs(provider: SsoProvider, scheme: str):
         return _test_result(provider, entry, result=oidc.FederatedSignIn(external, None))
     if not provider.enabled:
         return _refuse_disabled(provider)
+    if entry is not None and entry.get("intent") in ACCOUNT_INTENTS:
+        # Linking from the profile: bound to the session and user that started it, and it
+        # never signs anyone in as someone else (app/blueprints/account/link_flow.py).
+        from app.blueprints.account.link_flow import finish_saml_account_flow
+
+        nameid = {NAMEID_FORMAT_KEY: identity.nameid_format} if identity.nameid_format else {}
+        return finish_saml_account_flow(provider, entry, external, nameid)
     try:
         resolved = linking.resolve_login(provider, external, meta=request_meta())
     except linking.SignInRefused as failure:

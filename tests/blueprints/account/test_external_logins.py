@@ -164,7 +164,7 @@ def signed_in(app, user):
 # --- the page ---------------------------------------------------------------------------------
 def test_page_lists_linked_logins_and_offers_the_others(app, world):
     make_provider(app, "AcmeOff", account_id=world.acme.id, display_name="Acme Off", enabled=False)
-    make_provider(
+    saml = make_provider(
         app, "AcmeSaml", account_id=world.acme.id, display_name="Acme SAML", protocol="saml"
     )
     hidden = make_provider(
@@ -179,11 +179,13 @@ def test_page_lists_linked_logins_and_offers_the_others(app, world):
     # The linked login: provider, identity hint, when linked, last used, and "Unlink".
     assert "Acme SSO" in text and "alice@corp.example" in text and "Not yet" in text
     assert 'Unlink<span class="visually-hidden"> Acme SSO</span>' in text
-    # Offered: the built-in provider and the account's other enabled ones (hidden too).
+    # Offered: the built-in provider and the account's other enabled ones (hidden too, and
+    # SAML ones).
     assert 'Link<span class="visually-hidden"> Google</span>' in text
     assert f'action="{EXTERNAL_LOGINS}/{hidden.id}/link"' in text
-    # Not offered: linked already, another account's, disabled, SAML.
-    for name in ("Acme SSO", "Globex SSO", "Acme Off", "Acme SAML"):
+    assert f'action="{EXTERNAL_LOGINS}/{saml.id}/link"' in text
+    # Not offered: linked already, another account's, disabled.
+    for name in ("Acme SSO", "Globex SSO", "Acme Off"):
         assert f'Link<span class="visually-hidden"> {name}</span>' not in text
     assert 'name="csrf_token"' in text
     # The profile leads here.
