@@ -310,8 +310,14 @@ def delete_provider(provider_id, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @service_errors
 def refresh_providers(provider_id, as_json) -> None:
-    """Fetch discovery and JWKS, or SAML metadata, now (one provider, or every enabled one)."""
+    """Fetch discovery and JWKS, or SAML metadata, now (one provider, or every enabled one).
+
+    Under the same per-provider lock as the workers' refresh: a provider a worker is
+    refreshing right now is skipped (``"refreshed": null``), not fetched twice at once."""
     from app.services import metadata
+    from app.tasks.locking import task_lock
+    from app.tasks.metadata import lock_name
+    from app.tasks.metadata import lock_ttl
 
     targets = (
         [providers.get_provider(provider_id)]
@@ -320,14 +326,22 @@ def refresh_providers(provider_id, as_json) -> None:
     )
     results = []
     for provider in targets:
-        outcome = metadata.refresh_provider_metadata(provider)
-        db.session.commit()
-        results.append({**providers.serialise(provider), "refreshed": outcome.ok})
-    failed = [r for r in results if not r["refreshed"]]
-    lines = [
-        f"{r['scheme']}: " + ("ok" if r["refreshed"] else f"failed: {r['health']['last_error']}")
-        for r in results
-    ]
+        refreshed = None
+        with task_lock(lock_name(provider.id), lock_ttl()) as acquired:
+            if acquired:
+                refreshed = metadata.refresh_provider_metadata(provider).ok
+                db.session.commit()
+        results.append({**providers.serialise(provider), "refreshed": refreshed})
+    failed = [r for r in results if r["refreshed"] is False]
+
+    def line(result: dict) -> str:
+        if result["refreshed"] is None:
+            return f"{result['scheme']}: skipped: a worker is refreshing it right now"
+        if result["refreshed"]:
+            return f"{result['scheme']}: ok"
+        return f"{result['scheme']}: failed: {result['health']['last_error']}"
+
+    lines = [line(r) for r in results]
     emit(results[0] if provider_id else results, as_json, "\n".join(lines) or "No providers.")
     if failed:
         raise click.ClickException(f"{len(failed)} provider(s) could not be refreshed.")

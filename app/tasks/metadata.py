@@ -26,7 +26,12 @@ LOCKED_RETRY_SECONDS = 2
 LOCKED_MAX_RETRIES = 10
 
 
-def _lock_ttl() -> float:
+def lock_name(provider_id: uuid.UUID | str) -> str:
+    """The per-provider lock every refresh takes (workers and `flask providers refresh`)."""
+    return f"metadata-refresh:{provider_id}"
+
+
+def lock_ttl() -> float:
     # Two fetches of at most OUTBOUND_TIMEOUT each, with room to spare: a worker killed
     # mid-refresh blocks the provider no longer than this.
     return 4.0 * float(current_app.config["OUTBOUND_TIMEOUT"]) + 30.0
@@ -58,7 +63,7 @@ def refresh_provider(self: Task, provider_id: str, requested_at: float | None = 
     provider is simply left to the worker that holds it. Safe to retry: a repeated run finds
     the provider fresh or not due."""
     get_cache().delete(_queued_key(provider_id))
-    with task_lock(f"metadata-refresh:{provider_id}", _lock_ttl()) as acquired:
+    with task_lock(lock_name(provider_id), lock_ttl()) as acquired:
         if acquired:
             status = metadata.refresh_if_needed(
                 uuid.UUID(provider_id),

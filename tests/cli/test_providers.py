@@ -7,6 +7,10 @@ import uuid
 
 import pytest
 
+from app.extensions import db
+from app.models import ProviderMetadata
+from app.tasks.locking import task_lock
+from app.tasks.metadata import lock_name
 from tests.cli.helpers import assert_error
 from tests.cli.helpers import run_json
 from tests.conftest import base_config
@@ -231,6 +235,30 @@ def test_refresh_of_an_unreachable_idp_fails_and_records_the_error(runner, make_
     assert result.stderr.strip().startswith("Error: 1 provider(s) could not be refreshed")
     health = run_json(runner, "providers", "show", provider["id"])["health"]
     assert health["last_error"] and health["last_success"] is None
+
+
+def test_refresh_skips_a_provider_a_worker_is_refreshing(app, runner, make_account):
+    provider = create(runner, make_account().id)
+    before = _attempts(app, provider["id"])
+    with app.app_context(), task_lock(lock_name(provider["id"]), 60) as held:
+        assert held
+        result = runner.invoke(args=["providers", "refresh", provider["id"], "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["refreshed"] is None
+        text = runner.invoke(args=["providers", "refresh", provider["id"]])
+        assert "skipped: a worker is refreshing it right now" in text.stdout
+    # Nothing was fetched: no failed attempt was added.
+    assert _attempts(app, provider["id"]) == before
+    # Once the lock is free the refresh runs (and fails: the IdP is unreachable).
+    assert runner.invoke(args=["providers", "refresh", provider["id"]]).exit_code == 1
+    assert _attempts(app, provider["id"]) == before + 1
+
+
+def _attempts(app, provider_id: str) -> int:
+    """Failed fetches in a row of the provider (its IdP is unreachable in these tests)."""
+    with app.app_context():
+        record = db.session.get(ProviderMetadata, uuid.UUID(provider_id))
+        return record.failure_count if record is not None else 0
 
 
 def test_create_checks_discovery_unless_skipped(runner, make_account):
