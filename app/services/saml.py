@@ -872,7 +872,8 @@ def complete_sign_in(
     2.5.1.4); InResponseTo one of ``expected_request_ids``, or absent only when the provider
     allows IdP-initiated sign-in; the validity window within SAML_CLOCK_SKEW; a non-transient
     NameID; and, last, that this assertion was not used before (the replay cache keeps it
-    until it expires). Writes the replay-cache row (database without Redis), never commits.
+    until it expires). Writes the replay-cache row (database without Redis; on SQLite in a
+    transaction of its own, see _first_use), never commits the caller's transaction.
 
     Raises SamlRefused (see its ``check`` names).
     """
