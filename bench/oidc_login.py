@@ -40,7 +40,6 @@ import argparse
 import base64
 import datetime
 import hashlib
-import json
 import os
 import platform
 import re
@@ -66,6 +65,9 @@ if str(ROOT / "bench") not in sys.path:
 from password_login import bench_database  # noqa: E402
 from password_login import cpu_model  # noqa: E402
 from password_login import cpu_seconds  # noqa: E402
+from password_login import embedded_environ  # noqa: E402
+from password_login import flask_cli  # noqa: E402
+from password_login import flask_json  # noqa: E402
 from password_login import free_port  # noqa: E402
 from password_login import gunicorn  # noqa: E402
 from password_login import worker_pids  # noqa: E402
@@ -106,43 +108,6 @@ def client_metadata(public_url: str) -> dict:
         "grant_types": ["authorization_code"],
         "token_endpoint_auth_method": "client_secret_basic",
     }
-
-
-def server_environ(database_url: str, port: int, idp_port: int) -> dict[str, str]:
-    from cryptography.fernet import Fernet
-
-    environ = dict(os.environ)
-    # Never inherit a metrics directory or Redis: the run must be the same on every machine
-    # (per-process memory cache, in-process limiter, eager tasks).
-    environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    environ.update(
-        {
-            # embedded with every secret given explicitly: nothing is written to instance/.
-            "KEYWARD_ENV": "embedded",
-            "DATABASE_URL": database_url,
-            "REDIS_URL": "",
-            "SECRET_KEY": os.urandom(32).hex(),
-            "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-            "PUBLIC_URL": f"http://127.0.0.1:{port}",
-            # The IdP is plain http on loopback: allowed for exactly its host:port.
-            "OUTBOUND_ALLOW_PRIVATE": f"127.0.0.1:{idp_port}",
-        }
-    )
-    return environ
-
-
-def flask_json(environ: dict[str, str], *args: str) -> dict:
-    """Run one ``flask`` CLI command with --json and return what it printed."""
-    command = [sys.executable, "-m", "flask", "--app", "wsgi", *args]
-    result = subprocess.run(command, cwd=ROOT, env=environ, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"flask {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    if "--json" not in args:
-        return {}
-    try:
-        return json.loads(result.stdout)
-    except json.JSONDecodeError:
-        raise SystemExit(f"flask {' '.join(args)} printed no JSON:\n{result.stdout}") from None
 
 
 # --- one sign-in -------------------------------------------------------------------------
@@ -695,10 +660,13 @@ def main() -> int:
         workdir = Path(tmp)
         with bench_database(args.database_url, workdir) as database_url:
             kind = "PostgreSQL" if database_url.startswith("postgres") else "SQLite"
-            environ = server_environ(database_url, port, idp.port)
+            # The IdP is plain http on loopback: allowed for exactly its host:port.
+            environ = embedded_environ(
+                database_url, port, OUTBOUND_ALLOW_PRIVATE=f"127.0.0.1:{idp.port}"
+            )
             print(f"IdP at {idp.issuer}; preparing the {kind} database, account and provider")
-            flask_json(environ, "db", "upgrade")
-            account = flask_json(environ, "accounts", "create", "--name", "Bench", "--json")
+            flask_cli(environ, "db", "upgrade")
+            account = flask_json(environ, "accounts", "create", "--name", "Bench")
             provider = flask_json(
                 environ,
                 "providers",
@@ -716,7 +684,6 @@ def main() -> int:
                 "--client-secret",
                 CLIENT_SECRET,
                 "--jit",
-                "--json",
             )
             sso_url = f"{base}/sso/{provider['id']}"
             redirect_uri = provider["callback_urls"]["signin"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import multiprocessing
 import os
 import platform
@@ -186,30 +187,41 @@ def bench_database(url: str | None, workdir: Path):
         admin.dispose()
 
 
-def server_environ(database_url: str, port: int) -> dict[str, str]:
+def embedded_environ(database_url: str, port: int, **settings: str) -> dict[str, str]:
+    """The server's environment for every bench (bench/*.py): the embedded default with every
+    secret given explicitly (nothing is written to instance/), PUBLIC_URL on ``port``, plus
+    the bench's own ``settings``."""
     from cryptography.fernet import Fernet
 
     environ = dict(os.environ)
     # Never inherit a metrics directory or Redis from the caller: the run must be the same
-    # on every machine (in-process limiter, eager tasks).
+    # on every machine (in-process limiter and caches, eager tasks, the database's replay
+    # cache).
     environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     environ.update(
         {
-            # embedded with every secret given explicitly: nothing is written to instance/.
             "KEYWARD_ENV": "embedded",
             "DATABASE_URL": database_url,
             "REDIS_URL": "",
             "SECRET_KEY": os.urandom(32).hex(),
             "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
             "PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "ARGON2_TIME_COST": str(ARGON2_TIME_COST),
-            "ARGON2_MEMORY_COST": str(ARGON2_MEMORY_COST),
-            "ARGON2_PARALLELISM": str(ARGON2_PARALLELISM),
-            "LOGIN_RATE_LIMIT": UNLIMITED,
-            "LOGIN_EMAIL_RATE_LIMIT": UNLIMITED,
+            **settings,
         }
     )
     return environ
+
+
+def server_environ(database_url: str, port: int) -> dict[str, str]:
+    return embedded_environ(
+        database_url,
+        port,
+        ARGON2_TIME_COST=str(ARGON2_TIME_COST),
+        ARGON2_MEMORY_COST=str(ARGON2_MEMORY_COST),
+        ARGON2_PARALLELISM=str(ARGON2_PARALLELISM),
+        LOGIN_RATE_LIMIT=UNLIMITED,
+        LOGIN_EMAIL_RATE_LIMIT=UNLIMITED,
+    )
 
 
 def flask_cli(environ: dict[str, str], *args: str) -> None:
@@ -217,6 +229,18 @@ def flask_cli(environ: dict[str, str], *args: str) -> None:
     result = subprocess.run(command, cwd=ROOT, env=environ, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+
+
+def flask_json(environ: dict[str, str], *args: str) -> dict:
+    """Run one ``flask`` CLI command with --json and return what it printed."""
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", *args, "--json"]
+    result = subprocess.run(command, cwd=ROOT, env=environ, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"flask {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise SystemExit(f"flask {' '.join(args)} printed no JSON:\n{result.stdout}") from None
 
 
 def wait_until_healthy(port: int, server: subprocess.Popen, timeout: float = 60) -> None:
@@ -453,7 +477,9 @@ def combine(segments: list[Segment]) -> ServerRun:
 
 
 @contextlib.contextmanager
-def gunicorn(environ: dict[str, str], port: int, workers: int, log: Path):
+def gunicorn(environ: dict[str, str], port: int, workers: int, log: Path, root: Path = ROOT):
+    """gunicorn with W sync workers running ``root``'s code (another checkout, for an A/B),
+    once /healthz answers; stopped at the end."""
     command = [
         sys.executable,
         "-m",
@@ -466,7 +492,7 @@ def gunicorn(environ: dict[str, str], port: int, workers: int, log: Path):
     ]
     with log.open("w") as log_file:
         server = subprocess.Popen(
-            command, cwd=ROOT, env=environ, stdout=log_file, stderr=subprocess.STDOUT
+            command, cwd=root, env=environ, stdout=log_file, stderr=subprocess.STDOUT
         )
         try:
             wait_until_healthy(port, server)

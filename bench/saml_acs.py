@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
-import json
 import multiprocessing
 import os
 import platform
@@ -72,6 +71,8 @@ if str(ROOT / "bench") not in sys.path:
 from password_login import bench_database  # noqa: E402
 from password_login import cpu_model  # noqa: E402
 from password_login import cpu_seconds  # noqa: E402
+from password_login import embedded_environ  # noqa: E402
+from password_login import flask_json  # noqa: E402
 from password_login import free_port  # noqa: E402
 from password_login import gunicorn  # noqa: E402
 from password_login import worker_pids  # noqa: E402
@@ -139,34 +140,6 @@ def http(
     if length is not None and int(length) != len(content):
         raise OSError(f"body of {len(content)} bytes, Content-Length {length}")
     return int(status_line.split(" ", 2)[1]), headers, content
-
-
-def flask_json(environ: dict[str, str], *args: str) -> dict:
-    command = [sys.executable, "-m", "flask", "--app", "wsgi", *args, "--json"]
-    result = subprocess.run(command, cwd=ROOT, env=environ, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"flask {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    return json.loads(result.stdout)
-
-
-def server_environ(database_url: str, port: int) -> dict[str, str]:
-    from cryptography.fernet import Fernet
-
-    environ = dict(os.environ)
-    # Never inherit Redis or a metrics directory: the replay cache is the database table.
-    environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    environ.update(
-        {
-            "KEYWARD_ENV": "embedded",
-            "DATABASE_URL": database_url,
-            "REDIS_URL": "",
-            "SECRET_KEY": os.urandom(32).hex(),
-            "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-            # Destination, Recipient, Audience and the ACS are compared with URLs from here.
-            "PUBLIC_URL": f"http://127.0.0.1:{port}",
-        }
-    )
-    return environ
 
 
 # --- the IdP's answers ---------------------------------------------------------------------
@@ -554,7 +527,7 @@ def main() -> int:
         with bench_database(args.database_url, workdir) as database_url:
             kind = "PostgreSQL" if database_url.startswith("postgres") else "SQLite"
             port = free_port()
-            environ = server_environ(database_url, port)
+            environ = embedded_environ(database_url, port)
             print(f"preparing the {kind} database, account and SAML provider", flush=True)
             subprocess.run(
                 [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],

@@ -39,13 +39,11 @@ bench creates and drops its own ``keyward_bench_scim_<pid>`` database on that se
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
 import platform
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +56,16 @@ from dataclasses import field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "bench") not in sys.path:
+    sys.path.insert(0, str(ROOT / "bench"))
+
+from password_login import bench_database  # noqa: E402
+from password_login import cpu_seconds  # noqa: E402
+from password_login import embedded_environ  # noqa: E402
+from password_login import free_port  # noqa: E402
+from password_login import gunicorn  # noqa: E402
+from password_login import worker_pids  # noqa: E402
+
 RESULTS = ROOT / "bench" / "RESULTS.md"
 BEGIN_MARK = "<!-- scim:begin -->"
 END_MARK = "<!-- scim:end -->"
@@ -66,53 +74,10 @@ KINDS = ("lookup", "create", "membership", "deactivate")
 
 
 # --- database, data and server -----------------------------------------------------------
-@contextlib.contextmanager
-def bench_database(url: str | None, workdir: Path):
-    if not url:
-        yield f"sqlite:///{workdir / 'keyward.db'}"
-        return
-    if url.startswith("sqlite"):
-        yield url
-        return
-    from sqlalchemy import create_engine
-    from sqlalchemy import text
-
-    sys.path.insert(0, str(ROOT))
-    from config.settings import database_uri
-
-    parts = urllib.parse.urlsplit(url)
-    name = f"keyward_bench_scim_{os.getpid()}"
-    admin_url = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
-    admin = create_engine(database_uri(admin_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield urllib.parse.urlunsplit(parts._replace(path="/" + name))
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def server_environ(database_url: str, port: int) -> dict[str, str]:
-    from cryptography.fernet import Fernet
-
-    environ = dict(os.environ)
-    environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    environ.update(
-        {
-            "KEYWARD_ENV": "embedded",
-            "DATABASE_URL": database_url,
-            "REDIS_URL": "",
-            "SECRET_KEY": os.urandom(32).hex(),
-            "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-            "PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "SCIM_RATE_LIMIT": "1000000/second",
-            "LOG_LEVEL": "WARNING",
-        }
+    return embedded_environ(
+        database_url, port, SCIM_RATE_LIMIT="1000000/second", LOG_LEVEL="WARNING"
     )
-    return environ
 
 
 @dataclass
@@ -197,63 +162,6 @@ def entra_user(user_name: str) -> dict:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def gunicorn(environ: dict[str, str], port: int, workers: int, log: Path, root: Path = ROOT):
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(workers),
-        "wsgi:app",
-    ]
-    with log.open("w") as log_file:
-        server = subprocess.Popen(
-            command, cwd=root, env=environ, stdout=log_file, stderr=subprocess.STDOUT
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if server.poll() is not None:
-                    raise SystemExit(f"gunicorn exited:\n{log.read_text()[-3000:]}")
-                try:
-                    if request(port, "GET", "/healthz")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("gunicorn did not answer /healthz in time")
-                time.sleep(0.2)
-            yield server
-        finally:
-            if server.poll() is None:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
-
-
-def worker_pids(master: int) -> list[int]:
-    try:
-        return [
-            int(pid)
-            for task in Path(f"/proc/{master}/task").iterdir()
-            for pid in (task / "children").read_text().split()
-        ]
-    except OSError:
-        return []
-
-
 def postgres_backends(database_url: str) -> list[int]:
     """The PostgreSQL client backends connected to the bench's database (the gunicorn
     workers' pooled connections), when the server runs on this machine."""
@@ -278,18 +186,6 @@ def postgres_backends(database_url: str) -> list[int]:
             ]
     finally:
         engine.dispose()
-
-
-def cpu_seconds(pids: list[int]) -> float | None:
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    try:
-        for pid in pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return None
-    return total / ticks
 
 
 # --- client --------------------------------------------------------------------------------
