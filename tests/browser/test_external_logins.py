@@ -10,7 +10,6 @@ because they are top-level GET navigations (SameSite=Lax).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,33 +24,25 @@ from app.models.base import utcnow
 from app.services import accounts
 from app.services import providers
 from app.services.providers import ProviderFields
-from tests.browser.test_oidc_flow import KEYWARD_HOST
+from tests.browser import federation
+from tests.browser.federation import whoami
 from tests.browser.test_oidc_flow import SESSION_COOKIE
-from tests.browser.test_oidc_flow import NamedLiveServer
 from tests.conftest import DEFAULT_PASSWORD
-from tests.conftest import base_config
 from tests.e2e.oidc_idp import OidcIdp
 from tests.helpers import set_session_times
 from tests.live_server import LiveServer
-from tests.live_server import free_port
+
+# The fixtures shared with the other browser tests against an IdP (tests/browser/federation.py).
+account = federation.account
+config = federation.config
+idp_port = federation.idp_port
+live_server = federation.live_server
 
 pytestmark = pytest.mark.browser
 
 SECRET = "client-secret-for-the-link-browser-test"
 SCHEMES = ("AcmeLink", "AcmeOther")
 ALICE = {"sub": "alice-sub", "email": "alice@idp.example", "email_verified": True}
-
-
-@pytest.fixture(scope="module")
-def idp_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def live_server(database_url: str, idp_port: int) -> Iterator[LiveServer]:
-    env = {"OUTBOUND_ALLOW_PRIVATE": f"127.0.0.1:{idp_port}"}
-    with NamedLiveServer(database_url, host=KEYWARD_HOST, env=env) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +63,6 @@ def idp(live_server: LiveServer, idp_port: int) -> Iterator[OidcIdp]:
 
 
 @pytest.fixture
-def config(database_url: str, live_server: LiveServer, idp_port: int) -> dict:
-    return base_config(
-        database_url, OUTBOUND_ALLOW_PRIVATE=f"127.0.0.1:{idp_port}", PUBLIC_URL=live_server.url
-    )
-
-
-@pytest.fixture
-def account(make_account):
-    return make_account("Acme Rockets", "acme-rockets")
-
-
-@pytest.fixture
 def provider_ids(app, idp: OidcIdp, account) -> dict[str, str]:
     made = {}
     with app.app_context():
@@ -99,12 +78,6 @@ def provider_ids(app, idp: OidcIdp, account) -> dict[str, str]:
             made[scheme] = str(providers.create_provider(fields, account=owner).id)
         db.session.commit()
     return made
-
-
-def whoami(page: Page) -> dict:
-    response = page.goto("/whoami")
-    assert response is not None and response.status == 200
-    return json.loads(response.text())
 
 
 def age_session(app, context: BrowserContext, minutes: int) -> None:

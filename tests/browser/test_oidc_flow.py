@@ -10,7 +10,6 @@ and without the cookie, and Keyward's same-origin relay page is what finishes th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +23,20 @@ from app.extensions import db
 from app.services import accounts
 from app.services import providers
 from app.services.providers import ProviderFields
-from tests.conftest import base_config
+from tests.browser import federation
+from tests.browser.federation import whoami
 from tests.e2e.oidc_idp import OidcIdp
 from tests.live_server import LiveServer
-from tests.live_server import free_port
+
+# The fixtures shared with the other browser tests against an IdP (tests/browser/federation.py).
+account = federation.account
+config = federation.config
+idp_port = federation.idp_port
+live_server = federation.live_server
 
 pytestmark = pytest.mark.browser
 
 #: The name the browser uses for Keyward: another site than the IdP's 127.0.0.1.
-KEYWARD_HOST = "localhost"
 SESSION_COOKIE = "keyward_session"
 SECRET = "client-secret-for-the-browser-tests"
 LOGIN = "alice"
@@ -64,23 +68,6 @@ FLOWS = [
 ]
 
 
-class NamedLiveServer(LiveServer):
-    """A LiveServer that the browser, and its PUBLIC_URL, call ``http://<host>:<port>``.
-
-    LiveServer picks its port inside start() and builds PUBLIC_URL from ``url`` there, so
-    the host name is put into ``url`` when the environment is built (after the port is
-    chosen, before gunicorn starts). gunicorn still binds 127.0.0.1 only.
-    """
-
-    def __init__(self, *args, host: str, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.host = host
-
-    def environment(self) -> dict[str, str]:
-        self.url = f"http://{self.host}:{self.port}"
-        return super().environment()
-
-
 def client_metadata(flow: Flow, keyward: str) -> dict:
     return {
         "client_id": flow.scheme.lower(),
@@ -97,40 +84,11 @@ def client_metadata(flow: Flow, keyward: str) -> dict:
 
 # --- servers -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def idp_port() -> int:
-    """Chosen first: Keyward's outbound allow-list names it, the IdP's clients name Keyward."""
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def live_server(database_url: str, idp_port: int) -> Iterator[LiveServer]:
-    """Overrides the browser tests' server: reached as localhost, allowed to fetch the IdP."""
-    env = {"OUTBOUND_ALLOW_PRIVATE": f"127.0.0.1:{idp_port}"}
-    with NamedLiveServer(database_url, host=KEYWARD_HOST, env=env) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def idp(live_server: LiveServer, idp_port: int) -> Iterator[OidcIdp]:
     clients = [client_metadata(flow, live_server.url) for flow in FLOWS]
     with OidcIdp(clients=clients, accounts={LOGIN: ALICE}, env={"PORT": str(idp_port)}) as server:
         assert server.port == idp_port, server.issuer
         yield server
-
-
-@pytest.fixture
-def config(database_url: str, live_server: LiveServer, idp_port: int) -> dict:
-    """The test's app (which writes the providers) agrees with the live server's settings."""
-    return base_config(
-        database_url,
-        OUTBOUND_ALLOW_PRIVATE=f"127.0.0.1:{idp_port}",
-        PUBLIC_URL=live_server.url,
-    )
-
-
-@pytest.fixture
-def account(make_account):
-    return make_account("Acme Rockets", "acme-rockets")
 
 
 @pytest.fixture
@@ -155,12 +113,6 @@ def provider_ids(app, idp: OidcIdp, account) -> dict[str, str]:
 
 
 # --- helpers -------------------------------------------------------------------------------
-def whoami(page: Page) -> dict:
-    response = page.goto("/whoami")
-    assert response is not None and response.status == 200
-    return json.loads(response.text())
-
-
 def sign_in_at_idp(page: Page, idp: OidcIdp) -> None:
     page.wait_for_url(f"{idp.issuer}/interaction/**")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()

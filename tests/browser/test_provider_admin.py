@@ -12,13 +12,15 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import SsoProvider
-from tests.browser.test_oidc_flow import KEYWARD_HOST
-from tests.browser.test_oidc_flow import NamedLiveServer
+from tests.browser import federation
 from tests.conftest import DEFAULT_PASSWORD
-from tests.conftest import base_config
 from tests.e2e.oidc_idp import OidcIdp
 from tests.live_server import LiveServer
-from tests.live_server import free_port
+
+# The fixtures shared with the other browser tests against an IdP (tests/browser/federation.py).
+config = federation.config
+idp_port = federation.idp_port
+live_server = federation.live_server
 
 pytestmark = pytest.mark.browser
 
@@ -31,18 +33,6 @@ ALICE = {
     "name": "Alice Liddell",
     "roles": ["Keyward.Admin"],
 }
-
-
-@pytest.fixture(scope="module")
-def idp_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def live_server(database_url: str, idp_port: int) -> Iterator[LiveServer]:
-    env = {"OUTBOUND_ALLOW_PRIVATE": f"127.0.0.1:{idp_port}"}
-    with NamedLiveServer(database_url, host=KEYWARD_HOST, env=env) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +51,6 @@ def idp(live_server: LiveServer, idp_port: int) -> Iterator[OidcIdp]:
     }
     with OidcIdp(clients=[client], accounts={"alice": ALICE}, env={"PORT": str(idp_port)}) as idp:
         yield idp
-
-
-@pytest.fixture
-def config(database_url: str, live_server: LiveServer, idp_port: int) -> dict:
-    return base_config(
-        database_url, OUTBOUND_ALLOW_PRIVATE=f"127.0.0.1:{idp_port}", PUBLIC_URL=live_server.url
-    )
 
 
 def _provider(app) -> SsoProvider | None:

@@ -10,7 +10,6 @@ match InResponseTo to the AuthnRequest this browser made.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,15 +22,19 @@ from app.extensions import db
 from app.services import accounts
 from app.services import providers
 from app.services.providers import ProviderFields
-from tests.browser.test_oidc_flow import NamedLiveServer
-from tests.conftest import base_config
+from tests.browser import federation
+from tests.browser.federation import whoami
 from tests.e2e.saml_idp import SamlIdp
 from tests.live_server import LiveServer
-from tests.live_server import free_port
+
+# The fixtures shared with the other browser tests against an IdP (tests/browser/federation.py).
+account = federation.account
+config = federation.config
+idp_port = federation.idp_port
+live_server = federation.live_server
 
 pytestmark = pytest.mark.browser
 
-KEYWARD_HOST = "localhost"
 SESSION_COOKIE = "keyward_session"
 SCHEME = "AcmeSaml"
 DISPLAY_NAME = "Acme (SAML)"
@@ -43,19 +46,6 @@ ALICE = {
 
 
 @pytest.fixture(scope="module")
-def idp_port() -> int:
-    """Chosen first: Keyward's outbound allow-list names it."""
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def live_server(database_url: str, idp_port: int) -> Iterator[LiveServer]:
-    env = {"OUTBOUND_ALLOW_PRIVATE": f"127.0.0.1:{idp_port}"}
-    with NamedLiveServer(database_url, host=KEYWARD_HOST, env=env) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def idp(idp_port: int) -> Iterator[SamlIdp]:
     # No auto-login: the browser fills the IdP's form (Login, Password).
     server = SamlIdp(users={"alice": ALICE})
@@ -63,20 +53,6 @@ def idp(idp_port: int) -> Iterator[SamlIdp]:
     with server:
         assert server.port == idp_port, server.base_url
         yield server
-
-
-@pytest.fixture
-def config(database_url: str, live_server: LiveServer, idp_port: int) -> dict:
-    return base_config(
-        database_url,
-        OUTBOUND_ALLOW_PRIVATE=f"127.0.0.1:{idp_port}",
-        PUBLIC_URL=live_server.url,
-    )
-
-
-@pytest.fixture
-def account(make_account):
-    return make_account("Acme Rockets", "acme-rockets")
 
 
 @pytest.fixture
@@ -99,12 +75,6 @@ def provider_id(app, idp: SamlIdp, account) -> str:
         guid = str(provider.id)
     idp.add_sp(metadata_xml=app.test_client().get(f"/saml/{SCHEME}/metadata").text)
     return guid
-
-
-def whoami(page: Page) -> dict:
-    response = page.goto("/whoami")
-    assert response is not None and response.status == 200
-    return json.loads(response.text())
 
 
 def test_saml_sign_in_through_the_post_binding_then_single_logout(
