@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import socketserver
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 from flask import Flask
@@ -58,3 +62,16 @@ def audit_events(app: Flask, action: str) -> list[dict]:
             }
             for r in rows
         ]
+
+
+@contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator:
+    """Run a test's HTTP server in a thread for the ``with`` block; shut it down after."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

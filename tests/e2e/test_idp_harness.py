@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
@@ -30,6 +29,7 @@ from tests.e2e.oidc_idp import OidcIdpError
 from tests.e2e.oidc_idp import new_http_session
 from tests.e2e.oidc_idp import sign_in_with_http
 from tests.e2e.oidc_idp import sign_out_with_http
+from tests.helpers import serving
 from tests.live_server import free_port
 
 RP = "http://localhost"
@@ -71,12 +71,8 @@ class _BackchannelReceiver(BaseHTTPRequestHandler):
 def receiver() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _BackchannelReceiver)
     server.received = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(server):
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ from app.services.outbound import OutboundFailed
 from app.services.outbound import OutboundRefused
 from app.services.outbound import OutboundTooLarge
 from tests.conftest import base_config
+from tests.helpers import serving
 
 FAKE_HOST = "idp.example.test"
 
@@ -160,15 +161,11 @@ def _serve(tls: ssl.SSLContext | None = None) -> Iterator[_Server]:
     server = _Server()
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.stop.set()  # wake /slow and /drip handlers
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(server):
+        try:
+            yield server
+        finally:
+            server.stop.set()  # wake /slow and /drip handlers before the shutdown
 
 
 @pytest.fixture

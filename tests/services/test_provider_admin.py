@@ -4,7 +4,6 @@ update (secret lock, audit), scheme renames and their aliases, show/hide, and de
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -30,6 +29,7 @@ from app.services import users
 from app.services.errors import ValidationError
 from app.services.providers import ProviderFields
 from tests.conftest import base_config
+from tests.helpers import serving
 
 UNREACHABLE = "http://127.0.0.1:9"  # allowed by the outbound policy; nothing listens there
 SECRET = "s3cr3t-value-1"
@@ -94,15 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def idp() -> Iterator[_IdP]:
-    server = _IdP()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(_IdP()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture

@@ -63,6 +63,7 @@ from tests.blueprints.providers.conftest import csrf_post
 from tests.blueprints.providers.conftest import form_data
 from tests.conftest import base_config
 from tests.e2e.oidc_idp import OidcIdp
+from tests.helpers import serving
 from tests.processes import stop_process
 from tests.tasks.conftest import REPO_ROOT
 from tests.tasks.conftest import _die_with_parent
@@ -164,13 +165,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[MetadataServer]:
-    server = MetadataServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(MetadataServer()) as server:
+        yield server
 
 
 # --- the worker and beat processes (with Redis) -------------------------------------------

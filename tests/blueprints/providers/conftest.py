@@ -5,7 +5,6 @@ service."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
@@ -21,6 +20,7 @@ from app.services import providers
 from app.services.providers import ProviderFields
 from tests.conftest import AuthActions
 from tests.conftest import base_config
+from tests.helpers import serving
 
 JWKS = {
     "keys": [{"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256", "n": "AQAB", "e": "AQAB"}]
@@ -85,13 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="session")
 def idp() -> Iterator[DiscoveryServer]:
-    server = DiscoveryServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(DiscoveryServer()) as server:
+        yield server
 
 
 @pytest.fixture

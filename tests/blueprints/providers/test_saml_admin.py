@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html as html_lib
 import re
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
@@ -32,6 +31,7 @@ from tests.e2e.saml_idp import encode
 from tests.e2e.saml_idp import make_key_pair
 from tests.e2e.saml_idp import query_params
 from tests.helpers import audit_events
+from tests.helpers import serving
 
 USERS = {
     "alice": {
@@ -85,13 +85,8 @@ class _MetadataHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def metadata_server() -> Iterator[MetadataServer]:
-    server = MetadataServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(MetadataServer()) as server:
+        yield server
 
 
 @pytest.fixture
