@@ -24,6 +24,7 @@ from app.services import saml
 from tests.blueprints.providers.conftest import base
 from tests.blueprints.providers.conftest import browser_for
 from tests.blueprints.providers.conftest import csrf_post
+from tests.blueprints.providers.conftest import form_data
 from tests.conftest import base_config
 from tests.e2e.saml_idp import NS
 from tests.e2e.saml_idp import IdpCore
@@ -96,30 +97,14 @@ def config(database_url, idp, metadata_server) -> dict:
 
 
 def saml_form(**changes) -> dict:
-    """What the provider form posts for a SAML provider (None leaves a key out)."""
-    data = {
+    """What the provider form posts for a SAML provider (None leaves a key out): the OpenID
+    Connect form's fields empty, and the SAML ones."""
+    saml_fields = {
         "protocol": "saml",
         "display_name": "Acme SAML",
         "scheme": "AcmeSaml",
+        "authority": None,
         "client_id": "",
-        "client_secret": "",
-        "response_type": "code",
-        "icon_url": "",
-        "remote_signout_path": "",
-        "additional_scopes": "",
-        "additional_claims": "",
-        "authorization_expression": "",
-        "default_role": "member",
-        "external_id_claim": "",
-        "authorization_endpoint": "",
-        "token_endpoint": "",
-        "userinfo_endpoint": "",
-        "subject_field": "sub",
-        "email_field": "email",
-        "name_field": "name",
-        "role_claim": "",
-        "role_mappings": "",
-        "role_mapping_default": "",
         "saml_metadata_xml": "",
         "saml_metadata_url": "",
         "saml_signed": "assertion",
@@ -129,11 +114,8 @@ def saml_form(**changes) -> dict:
         "saml_family_name_attribute": "",
         "saml_name_attribute": "",
         "jit_provisioning": "y",
-        "enabled": "y",
-        "visible": "y",
     }
-    data.update(changes)
-    return {key: value for key, value in data.items() if value is not None}
+    return form_data("", **{**saml_fields, **changes})
 
 
 def _input_value(html: str, name: str) -> str | None:
