@@ -475,7 +475,10 @@ def test_concurrent_refreshes_of_one_provider_fetch_once(app, celery_app, make_a
         statuses = sorted(_result(result) for result in results)
     else:
         with app.app_context(), ThreadPoolExecutor(2) as pool:
-            futures = [pool.submit(refresh_provider.delay, provider_id) for _ in range(2)]
+            # apply(), not delay(): an eager delay() flips Celery's process-wide "joining
+            # would block" flag and restores it afterwards, which two threads at once can
+            # leave set, so every later result.get() in this process would refuse.
+            futures = [pool.submit(refresh_provider.apply, (provider_id,)) for _ in range(2)]
             statuses = sorted(future.result().get() for future in futures)
 
     assert statuses == ["locked", "refreshed"]
@@ -489,7 +492,7 @@ def test_concurrent_refreshes_of_one_provider_fetch_once(app, celery_app, make_a
     else:
         with app.app_context(), ThreadPoolExecutor(2) as pool:
             futures = [
-                pool.submit(refresh_provider.delay, provider_id, requested_at) for _ in range(2)
+                pool.submit(refresh_provider.apply, (provider_id, requested_at)) for _ in range(2)
             ]
             statuses = sorted(future.result().get() for future in futures)
         # Eager: no retry in the calling thread; the refresh that ran is the one asked for.
